@@ -1,0 +1,806 @@
+//! The fleet manifest: agent settings plus, per cluster, the fixed container set.
+//!
+//! Parsing happens in two steps. Serde turns the TOML into typed structs
+//! (`deny_unknown_fields` everywhere, so a misspelt key is an error, and the
+//! error names the key's path). Then [`Manifest::validate`] checks what types
+//! cannot express and returns *every* problem at once, each with its field
+//! path, e.g. `clusters.web.containers[1].healthcheck.interval: must be > 0`.
+//!
+//! See `docs/manifest.md` for the format.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Default location of the manifest, baked into the machine image.
+pub const DEFAULT_MANIFEST_PATH: &str = "/etc/berth/berth.toml";
+/// Default data directory, where the pin lives.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth";
+/// Default loopback address of the status API.
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:7878";
+/// The placeholder an image reference carries for the component's version.
+pub const VERSION_PLACEHOLDER: &str = "{version}";
+
+/// A problem found in a manifest, with the path of the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path, e.g. `clusters.web.containers[0].image`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Parse {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {} problem(s):\n{}", .errors.len(), render_errors(.errors))]
+    Invalid {
+        path: PathBuf,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn render_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A duration written as text (`"10s"`, `"1m 30s"`, `"500ms"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct Dur(pub Duration);
+
+impl From<Dur> for String {
+    fn from(d: Dur) -> String {
+        humantime::format_duration(d.0).to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"10s\", \"1m\", \"500ms\")")))
+    }
+}
+
+/// A size in bytes written as text (`"256MiB"`, `"1G"`, `"512k"`) or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bytes(pub u64);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Bytes(n)),
+            Raw::Text(s) => parse_bytes(&s).map(Bytes).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"256MiB"`, `"1G"`, `"100m"`, `"4096"` into bytes (binary multiples for both `M` and `MiB`, as Docker does).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. \"256MiB\", \"1G\")"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?} (use k, M, G, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// The whole manifest file.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub agent: AgentSettings,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Cluster>,
+}
+
+/// How the agent itself behaves on this machine image.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Where the pin is kept. Must survive agent restarts, not instance replacement.
+    pub data_dir: PathBuf,
+    /// Loopback address of the status API (`/healthz`, `/status`).
+    pub status_addr: String,
+    /// `text` (default) or `json` logs.
+    pub log_format: LogFormat,
+    /// Prefix of container names (`<namespace>-<component>`) and value of the
+    /// `berth.namespace` label. Lets several agents share one engine (tests, demos).
+    pub namespace: String,
+    /// How often the full state is compared with the engine, as a safety net
+    /// beside the event stream.
+    pub resync_interval: Dur,
+    /// How often the local-mode file is re-read.
+    pub local_poll_interval: Dur,
+    /// Attempts per image pull before the pull is reported failed (and retried later).
+    pub pull_attempts: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            status_addr: DEFAULT_STATUS_ADDR.to_string(),
+            log_format: LogFormat::Text,
+            namespace: "berth".to_string(),
+            resync_interval: Dur(Duration::from_secs(30)),
+            local_poll_interval: Dur(Duration::from_secs(2)),
+            pull_attempts: 5,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One cluster's fixed container set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub containers: Vec<ContainerSpec>,
+}
+
+/// Image pull policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally (default).
+    #[default]
+    Missing,
+    /// Pull at first boot even when the tag is present locally.
+    Always,
+}
+
+/// One component: the template of one container.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// Image reference with a `{version}` placeholder in its tag.
+    pub image: String,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `"8080:80"`, `"127.0.0.1:9000:9000/udp"`, `"80"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `"/host/path:/container/path[:ro]"` or `"volume-name:/path[:ro]"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `bridge` (default), `host`, `none`, `container:<name>` or a network name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default = "default_grace", skip_serializing_if = "is_default_grace")]
+    pub stop_grace_period: Dur,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default_restart")]
+    pub restart: RestartPolicy,
+}
+
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn is_default_grace(d: &Dur) -> bool {
+    *d == default_grace()
+}
+fn is_default_restart(r: &RestartPolicy) -> bool {
+    *r == RestartPolicy::default()
+}
+
+/// A healthcheck, as Docker runs it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// `["CMD", "prog", "arg"]`, `["CMD-SHELL", "cmd"]`, or a string run by the shell.
+    pub test: HealthTest,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_hc_retries")]
+    pub retries: u32,
+    #[serde(default = "default_hc_start")]
+    pub start_period: Dur,
+}
+
+fn default_hc_interval() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_hc_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_hc_retries() -> u32 {
+    3
+}
+fn default_hc_start() -> Dur {
+    Dur(Duration::ZERO)
+}
+
+/// The healthcheck command: a shell string or an exec array.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum HealthTest {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+impl HealthTest {
+    /// The form Docker's API takes (`["CMD-SHELL", s]` for a string).
+    pub fn to_docker(&self) -> Vec<String> {
+        match self {
+            HealthTest::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+            HealthTest::Exec(v) => v.clone(),
+        }
+    }
+}
+
+/// Log driver and its options.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub driver: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// When and how fast a dead or unhealthy container is restarted.
+///
+/// The first failure is restarted at once; the n-th consecutive failure after
+/// that waits `initial_delay * 2^(n-2)`, capped at `max_delay`, with ±10 %
+/// jitter. A run of `stable_after` resets the count. After `failure_budget`
+/// consecutive failures the component is reported `failed` (and still retried
+/// every `max_delay`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    pub initial_delay: Dur,
+    pub max_delay: Dur,
+    pub stable_after: Dur,
+    pub failure_budget: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_delay: Dur(Duration::from_secs(1)),
+            max_delay: Dur(Duration::from_secs(30)),
+            stable_after: Dur(Duration::from_secs(10)),
+            failure_budget: 5,
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads, parses and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and validates manifest text; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = parse_toml(text).map_err(|(field, message)| ManifestError::Parse {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        let errors = manifest.validate();
+        if errors.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestError::Invalid {
+                path: path.to_path_buf(),
+                errors,
+            })
+        }
+    }
+
+    /// Every semantic problem, each with its field path. Empty means valid.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Errors::default();
+        let a = &self.agent;
+        if a.status_addr.parse::<SocketAddr>().is_err() {
+            errs.push("agent.status_addr", format!("{:?} is not an address like \"127.0.0.1:7878\"", a.status_addr));
+        }
+        if !is_name(&a.namespace) {
+            errs.push("agent.namespace", name_rule(&a.namespace));
+        }
+        if a.resync_interval.0 < Duration::from_secs(1) {
+            errs.push("agent.resync_interval", "must be at least 1s");
+        }
+        if a.local_poll_interval.0 < Duration::from_millis(100) {
+            errs.push("agent.local_poll_interval", "must be at least 100ms");
+        }
+        if a.pull_attempts == 0 {
+            errs.push("agent.pull_attempts", "must be at least 1");
+        }
+        if self.clusters.is_empty() {
+            errs.push("clusters", "no cluster defined: add [clusters.<name>] with at least one container");
+        }
+        for (cname, cluster) in &self.clusters {
+            let cpath = format!("clusters.{cname}");
+            if !is_name(cname) {
+                errs.push(&cpath, name_rule(cname));
+            }
+            validate_cluster(cluster, &cpath, &mut errs);
+        }
+        errs.0
+    }
+
+    /// The cluster named `name`, if the manifest defines it.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(name)
+    }
+}
+
+/// Deserializes TOML, returning the failing field's path and the message.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_string(), one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { "(top level)".to_string() } else { path };
+        (path, one_line(&e.into_inner().to_string()))
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && *l != "^")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Names of clusters, components and namespaces: `[a-z0-9][a-z0-9_-]*`, at most 63 characters.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn name_rule(s: &str) -> String {
+    format!("{s:?} is not a valid name (lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters)")
+}
+
+fn validate_cluster(cluster: &Cluster, cpath: &str, errs: &mut Errors) {
+    if cluster.containers.is_empty() {
+        errs.push(format!("{cpath}.containers"), "a cluster needs at least one container");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in cluster.containers.iter().enumerate() {
+        let p = format!("{cpath}.containers[{i}]");
+        if !is_name(&c.name) {
+            errs.push(format!("{p}.name"), name_rule(&c.name));
+        } else if !seen.insert(c.name.as_str()) {
+            errs.push(format!("{p}.name"), format!("duplicate container name {:?}", c.name));
+        }
+        validate_container(c, &p, errs);
+    }
+    let names: BTreeSet<&str> = cluster.containers.iter().map(|c| c.name.as_str()).collect();
+    for (i, c) in cluster.containers.iter().enumerate() {
+        for (j, d) in c.depends_on.iter().enumerate() {
+            let p = format!("{cpath}.containers[{i}].depends_on[{j}]");
+            if d == &c.name {
+                errs.push(p, "a container cannot depend on itself");
+            } else if !names.contains(d.as_str()) {
+                errs.push(p, format!("unknown container {d:?} (known: {})", names.iter().copied().collect::<Vec<_>>().join(", ")));
+            }
+        }
+    }
+    if let Err(cycle) = start_order(&cluster.containers) {
+        errs.push(format!("{cpath}.containers"), format!("depends_on has a cycle through {}", cycle.join(" -> ")));
+    }
+}
+
+fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
+    if let Err(m) = check_image_template(&c.image) {
+        errs.push(format!("{p}.image"), m);
+    }
+    for (k, _) in &c.env {
+        if k.is_empty() || k.contains('=') {
+            errs.push(format!("{p}.env.{k}"), "environment names must be non-empty and contain no '='");
+        }
+    }
+    for (i, port) in c.ports.iter().enumerate() {
+        if let Err(m) = parse_port(port) {
+            errs.push(format!("{p}.ports[{i}]"), m);
+        }
+    }
+    for (i, v) in c.volumes.iter().enumerate() {
+        if let Err(m) = parse_volume(v) {
+            errs.push(format!("{p}.volumes[{i}]"), m);
+        }
+    }
+    if let Some(mode) = &c.network_mode {
+        if mode.is_empty() || mode == "container:" {
+            errs.push(format!("{p}.network_mode"), "must be bridge, host, none, container:<name> or a network name");
+        }
+        if mode == "host" && !c.ports.is_empty() {
+            errs.push(format!("{p}.ports"), "ports cannot be published with network_mode = \"host\"");
+        }
+    }
+    if let Some(u) = &c.user
+        && (u.is_empty() || u.contains(char::is_whitespace))
+    {
+        errs.push(format!("{p}.user"), format!("{u:?} is not a user (\"name\", \"uid\" or \"uid:gid\")"));
+    }
+    if let Some(hc) = &c.healthcheck {
+        let hp = format!("{p}.healthcheck");
+        match &hc.test {
+            HealthTest::Shell(s) if s.trim().is_empty() => errs.push(format!("{hp}.test"), "must not be empty"),
+            HealthTest::Exec(v) => match v.first().map(String::as_str) {
+                Some("CMD") if v.len() >= 2 => {}
+                Some("CMD-SHELL") if v.len() == 2 => {}
+                _ => errs.push(
+                    format!("{hp}.test"),
+                    "must be a shell string, [\"CMD\", prog, args...] or [\"CMD-SHELL\", command]",
+                ),
+            },
+            _ => {}
+        }
+        if hc.interval.0 < Duration::from_millis(100) {
+            errs.push(format!("{hp}.interval"), "must be at least 100ms");
+        }
+        if hc.timeout.0 < Duration::from_millis(100) {
+            errs.push(format!("{hp}.timeout"), "must be at least 100ms");
+        }
+        if hc.retries == 0 {
+            errs.push(format!("{hp}.retries"), "must be at least 1");
+        }
+    }
+    if let Some(s) = &c.stop_signal
+        && !is_signal(s)
+    {
+        errs.push(format!("{p}.stop_signal"), format!("{s:?} is not a signal name like \"SIGTERM\" or \"SIGQUIT\""));
+    }
+    if let Some(m) = c.memory
+        && m.0 < 6 * 1024 * 1024
+    {
+        errs.push(format!("{p}.memory"), "must be at least 6MiB (Docker's minimum)");
+    }
+    if let Some(cpus) = c.cpus
+        && !(cpus > 0.0 && cpus <= 1024.0)
+    {
+        errs.push(format!("{p}.cpus"), "must be a number of CPUs greater than 0, like 0.5 or 2");
+    }
+    if let Some(l) = &c.log
+        && l.driver.trim().is_empty()
+    {
+        errs.push(format!("{p}.log.driver"), "must not be empty");
+    }
+    let r = &c.restart;
+    if r.initial_delay.0 > r.max_delay.0 {
+        errs.push(format!("{p}.restart.initial_delay"), "must not exceed restart.max_delay");
+    }
+    if r.max_delay.0.is_zero() {
+        errs.push(format!("{p}.restart.max_delay"), "must be greater than 0");
+    }
+    if r.failure_budget == 0 {
+        errs.push(format!("{p}.restart.failure_budget"), "must be at least 1");
+    }
+}
+
+/// Checks an image template: a reference with exactly one `{version}`, in the tag.
+pub fn check_image_template(image: &str) -> Result<(), String> {
+    let n = image.matches(VERSION_PLACEHOLDER).count();
+    if n != 1 {
+        return Err(format!("{image:?} must contain {VERSION_PLACEHOLDER} exactly once, as (part of) its tag, e.g. \"registry.example.com/web:{VERSION_PLACEHOLDER}\""));
+    }
+    if image.contains('@') {
+        return Err(format!("{image:?}: digests are pinned by berth itself; write a tag with {VERSION_PLACEHOLDER}"));
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) if tag.contains(VERSION_PLACEHOLDER) => {}
+        _ => return Err(format!("{image:?}: {VERSION_PLACEHOLDER} must be in the tag, after the last ':'")),
+    }
+    let probe = image.replace(VERSION_PLACEHOLDER, "1.0.0");
+    if probe.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"._-/:".contains(&b))) || probe.starts_with('/') || probe.contains("//") {
+        return Err(format!("{image:?} is not a valid image reference"));
+    }
+    Ok(())
+}
+
+/// A published port: `(host_ip, host_port, container_port, proto)`.
+pub type PortBinding = (Option<String>, Option<u16>, u16, String);
+
+/// Parses `"80"`, `"8080:80"`, `"127.0.0.1:8080:80/udp"`.
+pub fn parse_port(s: &str) -> Result<PortBinding, String> {
+    let bad = || format!("{s:?} is not a port mapping like \"8080:80\", \"127.0.0.1:9000:9000/udp\" or \"80\"");
+    let (rest, proto) = match s.split_once('/') {
+        Some((r, p)) if p == "tcp" || p == "udp" || p == "sctp" => (r, p.to_string()),
+        Some(_) => return Err(bad()),
+        None => (s, "tcp".to_string()),
+    };
+    let port = |x: &str| x.parse::<u16>().ok().filter(|p| *p > 0);
+    let parts: Vec<&str> = rest.split(':').collect();
+    match parts.as_slice() {
+        [c] => Ok((None, None, port(c).ok_or_else(bad)?, proto)),
+        [h, c] => Ok((None, Some(port(h).ok_or_else(bad)?), port(c).ok_or_else(bad)?, proto)),
+        [ip, h, c] => {
+            ip.parse::<std::net::IpAddr>().map_err(|_| bad())?;
+            Ok((Some(ip.to_string()), Some(port(h).ok_or_else(bad)?), port(c).ok_or_else(bad)?, proto))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Checks a volume: `"source:/target"` or `"source:/target:ro"`.
+pub fn parse_volume(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = match parts.as_slice() {
+        [src, dst] => !src.is_empty() && dst.starts_with('/'),
+        [src, dst, mode] => {
+            !src.is_empty() && dst.starts_with('/') && mode.split(',').all(|m| ["ro", "rw", "z", "Z"].contains(&m))
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a volume like \"/host/path:/in/container[:ro]\" or \"name:/in/container\""))
+    }
+}
+
+fn is_signal(s: &str) -> bool {
+    const SIGNALS: &[&str] = &[
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+        "WINCH", "IO", "PWR", "SYS",
+    ];
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    SIGNALS.contains(&name) || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
+}
+
+/// Start order honouring `depends_on`: a list of waves, each wave's members
+/// depending only on earlier waves. Members of one wave start in parallel.
+/// Returns the names on a cycle if there is one.
+pub fn start_order(containers: &[ContainerSpec]) -> Result<Vec<Vec<String>>, Vec<String>> {
+    let known: BTreeSet<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut waves = Vec::new();
+    while done.len() < containers.len() {
+        let wave: Vec<String> = containers
+            .iter()
+            .filter(|c| !done.contains(&c.name))
+            .filter(|c| {
+                c.depends_on
+                    .iter()
+                    .all(|d| done.contains(d) || !known.contains(d.as_str()) || d == &c.name)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if wave.is_empty() {
+            let left: Vec<String> = containers
+                .iter()
+                .filter(|c| !done.contains(&c.name))
+                .map(|c| c.name.clone())
+                .collect();
+            return Err(left);
+        }
+        done.extend(wave.iter().cloned());
+        waves.push(wave);
+    }
+    Ok(waves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(s, Path::new("berth.toml"))
+    }
+
+    const GOOD: &str = r#"
+[agent]
+namespace = "t1"
+
+[clusters.web]
+[[clusters.web.containers]]
+name = "proxy"
+image = "127.0.0.1:5000/proxy:{version}"
+ports = ["127.0.0.1:8080:80"]
+
+[[clusters.web.containers]]
+name = "app"
+image = "app:v{version}"
+depends_on = ["proxy"]
+memory = "64MiB"
+cpus = 0.5
+healthcheck = { test = "true", interval = "1s", retries = 2 }
+"#;
+
+    #[test]
+    fn good_manifest_parses_with_defaults() {
+        let m = parse(GOOD).expect("valid");
+        assert_eq!(m.agent.namespace, "t1");
+        assert_eq!(m.agent.status_addr, DEFAULT_STATUS_ADDR);
+        let app = &m.clusters["web"].containers[1];
+        assert_eq!(app.memory, Some(Bytes(64 << 20)));
+        assert_eq!(app.stop_grace_period.0, Duration::from_secs(10));
+        assert_eq!(app.healthcheck.as_ref().unwrap().timeout.0, Duration::from_secs(30));
+        assert_eq!(start_order(&m.clusters["web"].containers).unwrap(), vec![vec!["proxy".to_string()], vec!["app".to_string()]]);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let bad = GOOD.replace("cpus = 0.5", "cpus = 0.5\ncpu_shares = 3");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("clusters.web.containers[1]"), "{err}");
+        assert!(err.contains("cpu_shares"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_its_path() {
+        let bad = GOOD.replace("interval = \"1s\"", "interval = \"soon\"");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("clusters.web.containers[1].healthcheck.interval"), "{err}");
+        assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let bad = r#"
+[agent]
+status_addr = "localhost"
+[clusters.web]
+[[clusters.web.containers]]
+name = "Web"
+image = "web:latest"
+ports = ["99999:80"]
+volumes = ["relative"]
+stop_signal = "SIGNOPE"
+depends_on = ["ghost"]
+healthcheck = { test = [], interval = "0s", retries = 0 }
+restart = { initial_delay = "1m", max_delay = "1s", failure_budget = 0 }
+"#;
+        let Err(ManifestError::Invalid { errors, .. }) = parse(bad) else {
+            panic!("expected validation errors")
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "agent.status_addr",
+            "clusters.web.containers[0].name",
+            "clusters.web.containers[0].image",
+            "clusters.web.containers[0].ports[0]",
+            "clusters.web.containers[0].volumes[0]",
+            "clusters.web.containers[0].stop_signal",
+            "clusters.web.containers[0].depends_on[0]",
+            "clusters.web.containers[0].healthcheck.test",
+            "clusters.web.containers[0].healthcheck.interval",
+            "clusters.web.containers[0].healthcheck.retries",
+            "clusters.web.containers[0].restart.initial_delay",
+            "clusters.web.containers[0].restart.failure_budget",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn cycles_and_duplicates_are_found() {
+        let bad = r#"
+[clusters.c]
+[[clusters.c.containers]]
+name = "a"
+image = "a:{version}"
+depends_on = ["b"]
+[[clusters.c.containers]]
+name = "b"
+image = "b:{version}"
+depends_on = ["a"]
+[[clusters.c.containers]]
+name = "b"
+image = "b:{version}"
+"#;
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains("cycle"), "{err}");
+        assert!(err.contains("duplicate container name"), "{err}");
+    }
+
+    #[test]
+    fn image_templates() {
+        assert!(check_image_template("reg.example.com:5000/team/web:{version}").is_ok());
+        assert!(check_image_template("web:v{version}-alpine").is_ok());
+        assert!(check_image_template("web:latest").is_err());
+        assert!(check_image_template("{version}/web:1").is_err());
+        assert!(check_image_template("web:{version}@sha256:abc").is_err());
+        assert!(check_image_template("web:{version}{version}").is_err());
+        assert!(check_image_template("we b:{version}").is_err());
+    }
+
+    #[test]
+    fn sizes_and_ports() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert_eq!(parse_port("80"), Ok((None, None, 80, "tcp".into())));
+        assert_eq!(parse_port("127.0.0.1:81:80/udp"), Ok((Some("127.0.0.1".into()), Some(81), 80, "udp".into())));
+        assert!(parse_port("0:80").is_err());
+        assert!(parse_port("a:b:c:d").is_err());
+    }
+}

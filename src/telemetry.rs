@@ -1,0 +1,16 @@
+//! Logging: tracing to stderr (journald keeps it), human-readable or JSON.
+//! `RUST_LOG` overrides the level (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::manifest::LogFormat;
+
+/// Installs the global subscriber. Call once.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
