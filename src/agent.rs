@@ -49,7 +49,10 @@ pub enum Outcome {
 }
 
 /// Reads the local file and resolves it against the manifest.
-pub fn resolve_local(path: &std::path::Path, manifest: &Manifest) -> anyhow::Result<(Identity, Desired)> {
+pub fn resolve_local(
+    path: &std::path::Path,
+    manifest: &Manifest,
+) -> anyhow::Result<(Identity, Desired)> {
     let file = LocalFile::load(path)?;
     let identity = file.identity();
     let desired = desired::resolve(&identity, &file.tags, manifest)?;
@@ -69,7 +72,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     }));
     crate::status::serve(opts.status_addr, status_rx, cancel.clone(), tracker.clone())
         .await
-        .with_context(|| format!("cannot listen on {} for the status API (agent.status_addr)", opts.status_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the status API (agent.status_addr)",
+                opts.status_addr
+            )
+        })?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let note = |m: String| {
         status_tx.send_modify(|s| Arc::make_mut(s).message = Some(m));
@@ -96,7 +104,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
                         tracing::error!(error = %e, "cannot reach the engine; retrying");
                     }
                     note(format!("waiting for the engine: {e}"));
-                    if !sleep_or_cancel(&cancel, ENGINE_RECONNECT.delay(attempt, random_unit())).await {
+                    if !sleep_or_cancel(&cancel, ENGINE_RECONNECT.delay(attempt, random_unit()))
+                        .await
+                    {
                         return finish(tracker, Outcome::Stopped).await;
                     }
                 }
@@ -134,7 +144,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
 async fn finish(tracker: TaskTracker, outcome: Outcome) -> anyhow::Result<Outcome> {
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "some tasks did not stop in time; exiting anyway");
     }
     Ok(outcome)
@@ -151,12 +164,18 @@ async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
 /// The pin: the existing one for this instance, or a new one resolved from
 /// the desired state (retried with [`DESIRED_STATE`] backoff until it is
 /// valid). `None` if cancelled first.
-async fn pin(opts: &RunOptions, cancel: &CancellationToken, note: &impl Fn(String)) -> anyhow::Result<Option<Plan>> {
+async fn pin(
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+    note: &impl Fn(String),
+) -> anyhow::Result<Option<Plan>> {
     let existing = Plan::load(&opts.data_dir)?;
     let mut attempt = 0;
     loop {
         match (resolve_local(&opts.local, &opts.manifest), &existing) {
-            (Ok((identity, _)), Some(p)) if p.instance_id == identity.instance_id => return Ok(existing),
+            (Ok((identity, _)), Some(p)) if p.instance_id == identity.instance_id => {
+                return Ok(existing);
+            }
             (Err(e), Some(p)) => {
                 tracing::warn!(error = %e, pin = %Plan::path(&opts.data_dir).display(), "desired state unreadable; running the existing pin");
                 return Ok(Some(p.clone()));
@@ -165,7 +184,10 @@ async fn pin(opts: &RunOptions, cancel: &CancellationToken, note: &impl Fn(Strin
                 if let Some(p) = existing {
                     tracing::warn!(pinned_for = %p.instance_id, this = %identity.instance_id, "the pin belongs to another instance; pinning anew");
                 }
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
                 let plan = Plan::build(&identity, &desired, &opts.manifest, now);
                 plan.save(&opts.data_dir)?;
                 tracing::info!(path = %Plan::path(&opts.data_dir).display(), versions = %plan.versions_tag(), "pinned");
@@ -218,7 +240,11 @@ async fn watch_local(opts: RunOptions, plan: Plan, handle: Handle, cancel: Cance
     }
 }
 
-fn drift_entries(plan: &Plan, pinned: &std::collections::BTreeMap<String, String>, desired: &Desired) -> Vec<DriftEntry> {
+fn drift_entries(
+    plan: &Plan,
+    pinned: &std::collections::BTreeMap<String, String>,
+    desired: &Desired,
+) -> Vec<DriftEntry> {
     if desired.cluster != plan.cluster {
         return vec![DriftEntry {
             component: "(cluster)".into(),
@@ -238,7 +264,10 @@ fn drift_entries(plan: &Plan, pinned: &std::collections::BTreeMap<String, String
 
 async fn on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -61,7 +61,10 @@ pub fn restart_delay(policy: &RestartPolicy, failures: u32, unit: f64) -> Durati
     if failures <= 1 {
         return Duration::ZERO;
     }
-    jitter(exp(policy.initial_delay.0, policy.max_delay.0, failures - 2), unit)
+    jitter(
+        exp(policy.initial_delay.0, policy.max_delay.0, failures - 2),
+        unit,
+    )
 }
 
 /// A random unit in [0, 1) for jitter.
@@ -83,7 +86,9 @@ mod tests {
             failure_budget: 5,
         };
         let mid = 0.5; // no jitter
-        let got: Vec<u64> = (1..=7).map(|n| restart_delay(&p, n, mid).as_secs()).collect();
+        let got: Vec<u64> = (1..=7)
+            .map(|n| restart_delay(&p, n, mid).as_secs())
+            .collect();
         assert_eq!(got, vec![0, 1, 2, 4, 8, 8, 8]);
     }
 

@@ -61,7 +61,8 @@ pub fn check_version(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 128
         && !v.starts_with(['.', '-'])
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -72,7 +73,11 @@ pub fn check_version(v: &str) -> Result<(), String> {
 }
 
 /// Resolves the group's tags against the manifest. Reports every problem at once.
-pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &Manifest) -> Result<Desired, TagErrors> {
+pub fn resolve(
+    identity: &Identity,
+    tags: &BTreeMap<String, String>,
+    manifest: &Manifest,
+) -> Result<Desired, TagErrors> {
     let mut errors = Vec::new();
     let mut err = |tag: &str, message: String| {
         errors.push(TagError {
@@ -80,11 +85,26 @@ pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &
             message,
         })
     };
-    let cluster_name = tags.get(TAG_CLUSTER).cloned().unwrap_or_else(|| identity.group.clone());
+    let cluster_name = tags
+        .get(TAG_CLUSTER)
+        .cloned()
+        .unwrap_or_else(|| identity.group.clone());
     let Some(cluster) = manifest.cluster(&cluster_name) else {
-        let known = manifest.clusters.keys().cloned().collect::<Vec<_>>().join(", ");
-        let source = if tags.contains_key(TAG_CLUSTER) { "" } else { " (the group's name; set berth:cluster to choose another)" };
-        err(TAG_CLUSTER, format!("cluster {cluster_name:?}{source} is not in the manifest (known: {known})"));
+        let known = manifest
+            .clusters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let source = if tags.contains_key(TAG_CLUSTER) {
+            ""
+        } else {
+            " (the group's name; set berth:cluster to choose another)"
+        };
+        err(
+            TAG_CLUSTER,
+            format!("cluster {cluster_name:?}{source} is not in the manifest (known: {known})"),
+        );
         return Err(TagErrors {
             group: identity.group.clone(),
             errors,
@@ -100,8 +120,16 @@ pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &
         if let Some(component) = tag.strip_prefix(TAG_VERSION_PREFIX)
             && !cluster.containers.iter().any(|c| c.name == component)
         {
-            let known = cluster.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
-            err(tag, format!("cluster {cluster_name:?} has no component {component:?} (known: {known})"));
+            let known = cluster
+                .containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            err(
+                tag,
+                format!("cluster {cluster_name:?} has no component {component:?} (known: {known})"),
+            );
         }
     }
     let mut versions = BTreeMap::new();
@@ -111,9 +139,16 @@ pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &
             Some(v) => match check_version(v) {
                 Ok(()) => {
                     let image = c.image.replace(VERSION_PLACEHOLDER, v);
-                    let tag_len = image.rsplit('/').next().and_then(|l| l.split_once(':')).map_or(0, |(_, t)| t.len());
+                    let tag_len = image
+                        .rsplit('/')
+                        .next()
+                        .and_then(|l| l.split_once(':'))
+                        .map_or(0, |(_, t)| t.len());
                     if tag_len > 128 {
-                        err(&own, format!("image tag of {image:?} is longer than 128 characters"));
+                        err(
+                            &own,
+                            format!("image tag of {image:?} is longer than 128 characters"),
+                        );
                     }
                     versions.insert(c.name.clone(), v.clone());
                 }
@@ -122,7 +157,10 @@ pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &
             },
             None => err(
                 TAG_VERSION,
-                format!("missing: no preferred version for component {:?} (set {TAG_VERSION} or {own})", c.name),
+                format!(
+                    "missing: no preferred version for component {:?} (set {TAG_VERSION} or {own})",
+                    c.name
+                ),
             ),
         }
     }
@@ -140,7 +178,10 @@ pub fn resolve(identity: &Identity, tags: &BTreeMap<String, String>, manifest: &
 }
 
 /// Components whose pinned version differs from the preferred one: `(component, pinned, preferred)`.
-pub fn drift(pinned: &BTreeMap<String, String>, preferred: &Desired) -> Vec<(String, String, String)> {
+pub fn drift(
+    pinned: &BTreeMap<String, String>,
+    preferred: &Desired,
+) -> Vec<(String, String, String)> {
     pinned
         .iter()
         .filter_map(|(c, v)| match preferred.versions.get(c) {
@@ -179,12 +220,19 @@ image = "proxy:{version}"
     }
 
     fn tags(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn cluster_defaults_to_group_name_and_versions_fall_back() {
-        let d = resolve(&id("web"), &tags(&[("berth:version", "1.0"), ("berth:version:proxy", "2.0")]), &manifest()).unwrap();
+        let d = resolve(
+            &id("web"),
+            &tags(&[("berth:version", "1.0"), ("berth:version:proxy", "2.0")]),
+            &manifest(),
+        )
+        .unwrap();
         assert_eq!(d.cluster, "web");
         assert_eq!(d.versions["app"], "1.0");
         assert_eq!(d.versions["proxy"], "2.0");
@@ -192,7 +240,12 @@ image = "proxy:{version}"
 
     #[test]
     fn cluster_tag_selects_cluster() {
-        let d = resolve(&id("web-eu-1"), &tags(&[("berth:cluster", "web"), ("berth:version", "3")]), &manifest()).unwrap();
+        let d = resolve(
+            &id("web-eu-1"),
+            &tags(&[("berth:cluster", "web"), ("berth:version", "3")]),
+            &manifest(),
+        )
+        .unwrap();
         assert_eq!(d.cluster, "web");
     }
 
@@ -200,14 +253,20 @@ image = "proxy:{version}"
     fn every_tag_problem_is_named() {
         let e = resolve(
             &id("web"),
-            &tags(&[("berth:version:app", "bad version"), ("berth:version:ghost", "1")]),
+            &tags(&[
+                ("berth:version:app", "bad version"),
+                ("berth:version:ghost", "1"),
+            ]),
             &manifest(),
         )
         .unwrap_err();
         let tags: Vec<&str> = e.errors.iter().map(|e| e.tag.as_str()).collect();
         assert!(tags.contains(&"berth:version:app"), "{e}");
         assert!(tags.contains(&"berth:version:ghost"), "{e}");
-        assert!(tags.contains(&"berth:version"), "missing version for proxy: {e}");
+        assert!(
+            tags.contains(&"berth:version"),
+            "missing version for proxy: {e}"
+        );
     }
 
     #[test]
@@ -219,12 +278,16 @@ image = "proxy:{version}"
 
     #[test]
     fn drift_lists_changed_components() {
-        let pinned: BTreeMap<String, String> = [("app".into(), "1".into()), ("proxy".into(), "2".into())].into();
+        let pinned: BTreeMap<String, String> =
+            [("app".into(), "1".into()), ("proxy".into(), "2".into())].into();
         let d = Desired {
             cluster: "web".into(),
             versions: [("app".into(), "1".into()), ("proxy".into(), "3".into())].into(),
         };
-        assert_eq!(drift(&pinned, &d), vec![("proxy".into(), "2".into(), "3".into())]);
+        assert_eq!(
+            drift(&pinned, &d),
+            vec![("proxy".into(), "2".into(), "3".into())]
+        );
     }
 
     #[test]

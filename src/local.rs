@@ -56,9 +56,13 @@ impl LocalFile {
             field: field.to_string(),
             message,
         };
-        let file: LocalFile = parse_toml(&text).map_err(|(field, message)| invalid(&field, message))?;
+        let file: LocalFile =
+            parse_toml(&text).map_err(|(field, message)| invalid(&field, message))?;
         if file.instance_id.trim().is_empty() || file.instance_id.contains(char::is_whitespace) {
-            return Err(invalid("instance_id", "must be a non-empty id without spaces".into()));
+            return Err(invalid(
+                "instance_id",
+                "must be a non-empty id without spaces".into(),
+            ));
         }
         if file.group.trim().is_empty() {
             return Err(invalid("group", "must not be empty".into()));
@@ -95,14 +99,18 @@ mod tests {
 
     #[test]
     fn parses_identity_and_tags() {
-        let f = load("instance_id = \"i-1\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"1.2\"\n").unwrap();
+        let f =
+            load("instance_id = \"i-1\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"1.2\"\n")
+                .unwrap();
         assert_eq!(f.identity().group, "web");
         assert_eq!(f.tags["berth:version"], "1.2");
     }
 
     #[test]
     fn bad_values_name_the_field() {
-        let e = load("instance_id = \"i-1\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"1 2\"\n").unwrap_err();
+        let e =
+            load("instance_id = \"i-1\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"1 2\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("tags.\"berth:version\""), "{e}");
         let e = load("instance_id = \"i-1\"\ngroup = \"web\"\nzone = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("zone"), "{e}");

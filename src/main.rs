@@ -113,7 +113,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::CONFIG);
                 }
             };
-            let status_addr = status_addr.unwrap_or_else(|| manifest.agent.status_addr.parse().expect("validated"));
+            let status_addr = status_addr
+                .unwrap_or_else(|| manifest.agent.status_addr.parse().expect("validated"));
             let opts = RunOptions {
                 data_dir: data_dir.unwrap_or_else(|| manifest.agent.data_dir.clone()),
                 manifest,
@@ -168,7 +169,11 @@ fn validate(config: &Path, local: Option<&Path>) -> ExitCode {
                 id.instance_id,
                 id.group,
                 d.cluster,
-                d.versions.iter().map(|(c, v)| format!("{c}={v}")).collect::<Vec<_>>().join(",")
+                d.versions
+                    .iter()
+                    .map(|(c, v)| format!("{c}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             Err(e) => {
                 eprintln!("invalid: {e:#}");
@@ -177,7 +182,12 @@ fn validate(config: &Path, local: Option<&Path>) -> ExitCode {
         }
     }
     let containers: usize = m.clusters.values().map(|c| c.containers.len()).sum();
-    println!("{}: valid ({} cluster(s), {} container(s))", config.display(), m.clusters.len(), containers);
+    println!(
+        "{}: valid ({} cluster(s), {} container(s))",
+        config.display(),
+        m.clusters.len(),
+        containers
+    );
     ExitCode::from(exit::OK)
 }
 
@@ -211,8 +221,12 @@ fn plan(config: &Path, local: &Path, data_dir: Option<PathBuf>, json: bool) -> E
         .as_secs();
     let p = pinned.unwrap_or_else(|| Plan::build(&identity, &desired, &m, now));
     if json {
-        let out = serde_json::json!({ "pinned": is_pinned, "plan": p, "preferred": desired.versions });
-        println!("{}", serde_json::to_string_pretty(&out).expect("plan serializes"));
+        let out =
+            serde_json::json!({ "pinned": is_pinned, "plan": p, "preferred": desired.versions });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("plan serializes")
+        );
         return ExitCode::from(exit::OK);
     }
     println!(
@@ -221,10 +235,17 @@ fn plan(config: &Path, local: &Path, data_dir: Option<PathBuf>, json: bool) -> E
         p.group,
         p.cluster,
         p.id,
-        if is_pinned { "pinned" } else { "not pinned yet: this is what `berth run` would pin now" }
+        if is_pinned {
+            "pinned"
+        } else {
+            "not pinned yet: this is what `berth run` would pin now"
+        }
     );
     println!();
-    println!("{:<5} {:<16} {:<12} {:<12} {:<40} DEPENDS ON", "WAVE", "COMPONENT", "VERSION", "PREFERRED", "IMAGE");
+    println!(
+        "{:<5} {:<16} {:<12} {:<12} {:<40} DEPENDS ON",
+        "WAVE", "COMPONENT", "VERSION", "PREFERRED", "IMAGE"
+    );
     for (w, wave) in p.waves().iter().enumerate() {
         for &i in wave {
             let c = &p.components[i];
@@ -255,7 +276,10 @@ fn status(addr: Option<String>, config: &Path, json: bool) -> ExitCode {
         .expect("tokio runtime");
     match rt.block_on(berth::status::fetch(&addr)) {
         Ok(s) if json => {
-            println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&s).expect("status serializes")
+            );
             ExitCode::from(exit::OK)
         }
         Ok(s) => {

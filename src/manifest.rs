@@ -82,9 +82,11 @@ impl From<Dur> for String {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"10s\", \"1m\", \"500ms\")")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (e.g. \"10s\", \"1m\", \"500ms\")"
+            ))
+        })
     }
 }
 
@@ -120,9 +122,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("invalid size unit in {s:?} (use k, M, G, KiB, MiB, GiB)")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (use k, M, G, KiB, MiB, GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// The whole manifest file.
@@ -349,11 +356,12 @@ impl Manifest {
 
     /// Parses and validates manifest text; `path` is used in messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = parse_toml(text).map_err(|(field, message)| ManifestError::Parse {
-            path: path.to_path_buf(),
-            field,
-            message,
-        })?;
+        let manifest: Manifest =
+            parse_toml(text).map_err(|(field, message)| ManifestError::Parse {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
         let errors = manifest.validate();
         if errors.is_empty() {
             Ok(manifest)
@@ -370,7 +378,13 @@ impl Manifest {
         let mut errs = Errors::default();
         let a = &self.agent;
         if a.status_addr.parse::<SocketAddr>().is_err() {
-            errs.push("agent.status_addr", format!("{:?} is not an address like \"127.0.0.1:7878\"", a.status_addr));
+            errs.push(
+                "agent.status_addr",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:7878\"",
+                    a.status_addr
+                ),
+            );
         }
         if !is_name(&a.namespace) {
             errs.push("agent.namespace", name_rule(&a.namespace));
@@ -385,7 +399,10 @@ impl Manifest {
             errs.push("agent.pull_attempts", "must be at least 1");
         }
         if self.clusters.is_empty() {
-            errs.push("clusters", "no cluster defined: add [clusters.<name>] with at least one container");
+            errs.push(
+                "clusters",
+                "no cluster defined: add [clusters.<name>] with at least one container",
+            );
         }
         for (cname, cluster) in &self.clusters {
             let cpath = format!("clusters.{cname}");
@@ -404,11 +421,18 @@ impl Manifest {
 }
 
 /// Deserializes TOML, returning the failing field's path and the message.
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_string(), one_line(&e.to_string())))?;
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, (String, String)> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ("(syntax)".to_string(), one_line(&e.to_string())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "(top level)".to_string() } else { path };
+        let path = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
         (path, one_line(&e.into_inner().to_string()))
     })
 }
@@ -437,17 +461,25 @@ impl Errors {
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn name_rule(s: &str) -> String {
-    format!("{s:?} is not a valid name (lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters)")
+    format!(
+        "{s:?} is not a valid name (lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters)"
+    )
 }
 
 fn validate_cluster(cluster: &Cluster, cpath: &str, errs: &mut Errors) {
     if cluster.containers.is_empty() {
-        errs.push(format!("{cpath}.containers"), "a cluster needs at least one container");
+        errs.push(
+            format!("{cpath}.containers"),
+            "a cluster needs at least one container",
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, c) in cluster.containers.iter().enumerate() {
@@ -455,7 +487,10 @@ fn validate_cluster(cluster: &Cluster, cpath: &str, errs: &mut Errors) {
         if !is_name(&c.name) {
             errs.push(format!("{p}.name"), name_rule(&c.name));
         } else if !seen.insert(c.name.as_str()) {
-            errs.push(format!("{p}.name"), format!("duplicate container name {:?}", c.name));
+            errs.push(
+                format!("{p}.name"),
+                format!("duplicate container name {:?}", c.name),
+            );
         }
         validate_container(c, &p, errs);
     }
@@ -466,12 +501,21 @@ fn validate_cluster(cluster: &Cluster, cpath: &str, errs: &mut Errors) {
             if d == &c.name {
                 errs.push(p, "a container cannot depend on itself");
             } else if !names.contains(d.as_str()) {
-                errs.push(p, format!("unknown container {d:?} (known: {})", names.iter().copied().collect::<Vec<_>>().join(", ")));
+                errs.push(
+                    p,
+                    format!(
+                        "unknown container {d:?} (known: {})",
+                        names.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                );
             }
         }
     }
     if let Err(cycle) = start_order(&cluster.containers) {
-        errs.push(format!("{cpath}.containers"), format!("depends_on has a cycle through {}", cycle.join(" -> ")));
+        errs.push(
+            format!("{cpath}.containers"),
+            format!("depends_on has a cycle through {}", cycle.join(" -> ")),
+        );
     }
 }
 
@@ -479,9 +523,12 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
     if let Err(m) = check_image_template(&c.image) {
         errs.push(format!("{p}.image"), m);
     }
-    for (k, _) in &c.env {
+    for k in c.env.keys() {
         if k.is_empty() || k.contains('=') {
-            errs.push(format!("{p}.env.{k}"), "environment names must be non-empty and contain no '='");
+            errs.push(
+                format!("{p}.env.{k}"),
+                "environment names must be non-empty and contain no '='",
+            );
         }
     }
     for (i, port) in c.ports.iter().enumerate() {
@@ -496,21 +543,32 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
     }
     if let Some(mode) = &c.network_mode {
         if mode.is_empty() || mode == "container:" {
-            errs.push(format!("{p}.network_mode"), "must be bridge, host, none, container:<name> or a network name");
+            errs.push(
+                format!("{p}.network_mode"),
+                "must be bridge, host, none, container:<name> or a network name",
+            );
         }
         if mode == "host" && !c.ports.is_empty() {
-            errs.push(format!("{p}.ports"), "ports cannot be published with network_mode = \"host\"");
+            errs.push(
+                format!("{p}.ports"),
+                "ports cannot be published with network_mode = \"host\"",
+            );
         }
     }
     if let Some(u) = &c.user
         && (u.is_empty() || u.contains(char::is_whitespace))
     {
-        errs.push(format!("{p}.user"), format!("{u:?} is not a user (\"name\", \"uid\" or \"uid:gid\")"));
+        errs.push(
+            format!("{p}.user"),
+            format!("{u:?} is not a user (\"name\", \"uid\" or \"uid:gid\")"),
+        );
     }
     if let Some(hc) = &c.healthcheck {
         let hp = format!("{p}.healthcheck");
         match &hc.test {
-            HealthTest::Shell(s) if s.trim().is_empty() => errs.push(format!("{hp}.test"), "must not be empty"),
+            HealthTest::Shell(s) if s.trim().is_empty() => {
+                errs.push(format!("{hp}.test"), "must not be empty")
+            }
             HealthTest::Exec(v) => match v.first().map(String::as_str) {
                 Some("CMD") if v.len() >= 2 => {}
                 Some("CMD-SHELL") if v.len() == 2 => {}
@@ -534,17 +592,26 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
     if let Some(s) = &c.stop_signal
         && !is_signal(s)
     {
-        errs.push(format!("{p}.stop_signal"), format!("{s:?} is not a signal name like \"SIGTERM\" or \"SIGQUIT\""));
+        errs.push(
+            format!("{p}.stop_signal"),
+            format!("{s:?} is not a signal name like \"SIGTERM\" or \"SIGQUIT\""),
+        );
     }
     if let Some(m) = c.memory
         && m.0 < 6 * 1024 * 1024
     {
-        errs.push(format!("{p}.memory"), "must be at least 6MiB (Docker's minimum)");
+        errs.push(
+            format!("{p}.memory"),
+            "must be at least 6MiB (Docker's minimum)",
+        );
     }
     if let Some(cpus) = c.cpus
         && !(cpus > 0.0 && cpus <= 1024.0)
     {
-        errs.push(format!("{p}.cpus"), "must be a number of CPUs greater than 0, like 0.5 or 2");
+        errs.push(
+            format!("{p}.cpus"),
+            "must be a number of CPUs greater than 0, like 0.5 or 2",
+        );
     }
     if let Some(l) = &c.log
         && l.driver.trim().is_empty()
@@ -553,7 +620,10 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
     }
     let r = &c.restart;
     if r.initial_delay.0 > r.max_delay.0 {
-        errs.push(format!("{p}.restart.initial_delay"), "must not exceed restart.max_delay");
+        errs.push(
+            format!("{p}.restart.initial_delay"),
+            "must not exceed restart.max_delay",
+        );
     }
     if r.max_delay.0.is_zero() {
         errs.push(format!("{p}.restart.max_delay"), "must be greater than 0");
@@ -567,18 +637,31 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
 pub fn check_image_template(image: &str) -> Result<(), String> {
     let n = image.matches(VERSION_PLACEHOLDER).count();
     if n != 1 {
-        return Err(format!("{image:?} must contain {VERSION_PLACEHOLDER} exactly once, as (part of) its tag, e.g. \"registry.example.com/web:{VERSION_PLACEHOLDER}\""));
+        return Err(format!(
+            "{image:?} must contain {VERSION_PLACEHOLDER} exactly once, as (part of) its tag, e.g. \"registry.example.com/web:{VERSION_PLACEHOLDER}\""
+        ));
     }
     if image.contains('@') {
-        return Err(format!("{image:?}: digests are pinned by berth itself; write a tag with {VERSION_PLACEHOLDER}"));
+        return Err(format!(
+            "{image:?}: digests are pinned by berth itself; write a tag with {VERSION_PLACEHOLDER}"
+        ));
     }
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.split_once(':') {
         Some((_, tag)) if tag.contains(VERSION_PLACEHOLDER) => {}
-        _ => return Err(format!("{image:?}: {VERSION_PLACEHOLDER} must be in the tag, after the last ':'")),
+        _ => {
+            return Err(format!(
+                "{image:?}: {VERSION_PLACEHOLDER} must be in the tag, after the last ':'"
+            ));
+        }
     }
     let probe = image.replace(VERSION_PLACEHOLDER, "1.0.0");
-    if probe.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"._-/:".contains(&b))) || probe.starts_with('/') || probe.contains("//") {
+    if probe
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b"._-/:".contains(&b)))
+        || probe.starts_with('/')
+        || probe.contains("//")
+    {
         return Err(format!("{image:?} is not a valid image reference"));
     }
     Ok(())
@@ -589,7 +672,11 @@ pub type PortBinding = (Option<String>, Option<u16>, u16, String);
 
 /// Parses `"80"`, `"8080:80"`, `"127.0.0.1:8080:80/udp"`.
 pub fn parse_port(s: &str) -> Result<PortBinding, String> {
-    let bad = || format!("{s:?} is not a port mapping like \"8080:80\", \"127.0.0.1:9000:9000/udp\" or \"80\"");
+    let bad = || {
+        format!(
+            "{s:?} is not a port mapping like \"8080:80\", \"127.0.0.1:9000:9000/udp\" or \"80\""
+        )
+    };
     let (rest, proto) = match s.split_once('/') {
         Some((r, p)) if p == "tcp" || p == "udp" || p == "sctp" => (r, p.to_string()),
         Some(_) => return Err(bad()),
@@ -599,10 +686,20 @@ pub fn parse_port(s: &str) -> Result<PortBinding, String> {
     let parts: Vec<&str> = rest.split(':').collect();
     match parts.as_slice() {
         [c] => Ok((None, None, port(c).ok_or_else(bad)?, proto)),
-        [h, c] => Ok((None, Some(port(h).ok_or_else(bad)?), port(c).ok_or_else(bad)?, proto)),
+        [h, c] => Ok((
+            None,
+            Some(port(h).ok_or_else(bad)?),
+            port(c).ok_or_else(bad)?,
+            proto,
+        )),
         [ip, h, c] => {
             ip.parse::<std::net::IpAddr>().map_err(|_| bad())?;
-            Ok((Some(ip.to_string()), Some(port(h).ok_or_else(bad)?), port(c).ok_or_else(bad)?, proto))
+            Ok((
+                Some(ip.to_string()),
+                Some(port(h).ok_or_else(bad)?),
+                port(c).ok_or_else(bad)?,
+                proto,
+            ))
         }
         _ => Err(bad()),
     }
@@ -614,22 +711,26 @@ pub fn parse_volume(s: &str) -> Result<(), String> {
     let ok = match parts.as_slice() {
         [src, dst] => !src.is_empty() && dst.starts_with('/'),
         [src, dst, mode] => {
-            !src.is_empty() && dst.starts_with('/') && mode.split(',').all(|m| ["ro", "rw", "z", "Z"].contains(&m))
+            !src.is_empty()
+                && dst.starts_with('/')
+                && mode.split(',').all(|m| ["ro", "rw", "z", "Z"].contains(&m))
         }
         _ => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a volume like \"/host/path:/in/container[:ro]\" or \"name:/in/container\""))
+        Err(format!(
+            "{s:?} is not a volume like \"/host/path:/in/container[:ro]\" or \"name:/in/container\""
+        ))
     }
 }
 
 fn is_signal(s: &str) -> bool {
     const SIGNALS: &[&str] = &[
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
-        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
-        "WINCH", "IO", "PWR", "SYS",
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
     let name = s.strip_prefix("SIG").unwrap_or(s);
     SIGNALS.contains(&name) || s.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
@@ -702,8 +803,14 @@ healthcheck = { test = "true", interval = "1s", retries = 2 }
         let app = &m.clusters["web"].containers[1];
         assert_eq!(app.memory, Some(Bytes(64 << 20)));
         assert_eq!(app.stop_grace_period.0, Duration::from_secs(10));
-        assert_eq!(app.healthcheck.as_ref().unwrap().timeout.0, Duration::from_secs(30));
-        assert_eq!(start_order(&m.clusters["web"].containers).unwrap(), vec![vec!["proxy".to_string()], vec!["app".to_string()]]);
+        assert_eq!(
+            app.healthcheck.as_ref().unwrap().timeout.0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            start_order(&m.clusters["web"].containers).unwrap(),
+            vec![vec!["proxy".to_string()], vec!["app".to_string()]]
+        );
     }
 
     #[test]
@@ -718,7 +825,10 @@ healthcheck = { test = "true", interval = "1s", retries = 2 }
     fn bad_type_names_its_path() {
         let bad = GOOD.replace("interval = \"1s\"", "interval = \"soon\"");
         let err = parse(&bad).unwrap_err().to_string();
-        assert!(err.contains("clusters.web.containers[1].healthcheck.interval"), "{err}");
+        assert!(
+            err.contains("clusters.web.containers[1].healthcheck.interval"),
+            "{err}"
+        );
         assert!(err.contains("invalid duration"), "{err}");
     }
 
@@ -799,7 +909,10 @@ image = "b:{version}"
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert!(parse_bytes("12 parsecs").is_err());
         assert_eq!(parse_port("80"), Ok((None, None, 80, "tcp".into())));
-        assert_eq!(parse_port("127.0.0.1:81:80/udp"), Ok((Some("127.0.0.1".into()), Some(81), 80, "udp".into())));
+        assert_eq!(
+            parse_port("127.0.0.1:81:80/udp"),
+            Ok((Some("127.0.0.1".into()), Some(81), 80, "udp".into()))
+        );
         assert!(parse_port("0:80").is_err());
         assert!(parse_port("a:b:c:d").is_err());
     }

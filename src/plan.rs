@@ -82,17 +82,28 @@ fn hex12(bytes: &[u8]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("cannot read pin {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pin {path} is corrupt ({message}); move it away to let berth pin anew")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write pin {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Plan {
     /// Builds the plan for `desired` from the manifest. `desired` must come
     /// from [`crate::desired::resolve`] against the same manifest.
-    pub fn build(identity: &Identity, desired: &Desired, manifest: &Manifest, now_unix: u64) -> Plan {
+    pub fn build(
+        identity: &Identity,
+        desired: &Desired,
+        manifest: &Manifest,
+        now_unix: u64,
+    ) -> Plan {
         let cluster = manifest
             .cluster(&desired.cluster)
             .expect("resolve() checked the cluster exists");
@@ -132,7 +143,10 @@ impl Plan {
 
     /// The pinned version of each component.
     pub fn versions(&self) -> BTreeMap<String, String> {
-        self.components.iter().map(|c| (c.name.clone(), c.version.clone())).collect()
+        self.components
+            .iter()
+            .map(|c| (c.name.clone(), c.version.clone()))
+            .collect()
     }
 
     /// `web=1.4.2,proxy=0.9.1`, the form of the `berth:versions` instance tag.
@@ -152,7 +166,12 @@ impl Plan {
             .into_iter()
             .map(|w| {
                 w.into_iter()
-                    .map(|n| self.components.iter().position(|c| c.name == n).expect("known"))
+                    .map(|n| {
+                        self.components
+                            .iter()
+                            .position(|c| c.name == n)
+                            .expect("known")
+                    })
                     .collect()
             })
             .collect()
@@ -200,7 +219,9 @@ impl Plan {
         f.sync_all().map_err(werr)?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(werr)?;
-        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)?;
         Ok(())
     }
 }
@@ -268,7 +289,10 @@ image = "db:{version}"
         p.components[1].image_id = Some("sha256:abc".into());
         p.save(dir.path()).unwrap();
         assert_eq!(Plan::load(dir.path()).unwrap(), Some(p));
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(PIN_FILE)]);
     }
 

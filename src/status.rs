@@ -134,7 +134,8 @@ pub async fn serve(
                     let s = status.borrow().clone();
                     async move { Ok::<_, Infallible>(route(&req, &s)) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = conn => {}
@@ -160,7 +161,11 @@ fn route(req: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
             body.push(b'\n');
             reply(StatusCode::OK, "application/json", body)
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found: try /status or /healthz\n".to_vec()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            b"not found: try /status or /healthz\n".to_vec(),
+        ),
     }
 }
 
@@ -168,16 +173,24 @@ fn route(req: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
 pub async fn fetch(addr: &str) -> anyhow::Result<Status> {
     use anyhow::Context;
     let work = async {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to the agent's status API at {addr} (is `berth run` running?)"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream = TcpStream::connect(addr).await.with_context(|| {
+            format!("cannot connect to the agent's status API at {addr} (is `berth run` running?)")
+        })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = Request::get("/status")
             .header("host", addr)
             .body(http_body_util::Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
-        anyhow::ensure!(resp.status().is_success(), "status API answered {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "status API answered {}",
+            resp.status()
+        );
         let body = resp.into_body().collect().await?.to_bytes();
-        serde_json::from_slice::<Status>(&body).context("status API answered with JSON berth does not understand")
+        serde_json::from_slice::<Status>(&body)
+            .context("status API answered with JSON berth does not understand")
     };
     tokio::time::timeout(STATUS_CLIENT_TIMEOUT, work)
         .await
@@ -201,19 +214,27 @@ pub fn render(s: &Status) -> String {
         out,
         "state    {:?}  engine {}",
         s.state,
-        if s.engine_connected { "connected" } else { "DISCONNECTED" }
+        if s.engine_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        }
     );
     if let Some(m) = &s.message {
         let _ = writeln!(out, "message  {m}");
     }
     for d in &s.drift {
-        let _ = writeln!(out, "drift    {}: pinned {}, preferred {}", d.component, d.pinned, d.preferred);
+        let _ = writeln!(
+            out,
+            "drift    {}: pinned {}, preferred {}",
+            d.component, d.pinned, d.preferred
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:<12} {:<9} {:<10} {:<13} {:>8} {:>5}  {}",
-        "COMPONENT", "VERSION", "STATE", "HEALTH", "CONTAINER", "RESTARTS", "EXIT", "NOTE"
+        "{:<16} {:<12} {:<9} {:<10} {:<13} {:>8} {:>5}  NOTE",
+        "COMPONENT", "VERSION", "STATE", "HEALTH", "CONTAINER", "RESTARTS", "EXIT"
     );
     for c in &s.components {
         let note = match (&c.backoff_until, &c.last_error) {
@@ -228,7 +249,9 @@ pub fn render(s: &Status) -> String {
             c.version,
             format!("{:?}", c.state).to_lowercase(),
             format!("{:?}", c.health).to_lowercase(),
-            c.container_id.as_deref().map_or("-", |i| &i[..i.len().min(12)]),
+            c.container_id
+                .as_deref()
+                .map_or("-", |i| &i[..i.len().min(12)]),
             c.restarts,
             c.last_exit_code.map_or("-".to_string(), |e| e.to_string()),
             note

@@ -146,7 +146,9 @@ pub fn phase(c: &Comp, now: Instant) -> Phase {
     match (&c.busy, &c.container) {
         (Some(ActionKind::Pull), _) => Phase::Pulling,
         (Some(_), _) => Phase::Starting,
-        (None, Some(v)) if v.running && v.matches && v.health != Health::Unhealthy => Phase::Running,
+        (None, Some(v)) if v.running && v.matches && v.health != Health::Unhealthy => {
+            Phase::Running
+        }
         _ if c.failed => Phase::Failed,
         _ if c.pull_failed => Phase::Pulling,
         _ if waiting => Phase::Backoff,
@@ -157,9 +159,9 @@ pub fn phase(c: &Comp, now: Instant) -> Phase {
 
 fn is_ready(c: &Comp) -> bool {
     c.busy.is_none()
-        && c.container
-            .as_ref()
-            .is_some_and(|v| v.running && v.matches && matches!(v.health, Health::Healthy | Health::None))
+        && c.container.as_ref().is_some_and(|v| {
+            v.running && v.matches && matches!(v.health, Health::Healthy | Health::None)
+        })
 }
 
 /// Inputs to the supervisor's loop.
@@ -184,8 +186,14 @@ enum Input {
 /// What a successful action reports back.
 #[derive(Debug)]
 enum Done {
-    Image { image_id: String, digest: Option<String> },
-    Container { observed: Observed, image: Option<(String, Option<String>)> },
+    Image {
+        image_id: String,
+        digest: Option<String>,
+    },
+    Container {
+        observed: Observed,
+        image: Option<(String, Option<String>)>,
+    },
 }
 
 /// How the supervisor's loop ended.
@@ -406,13 +414,20 @@ impl Supervisor {
             EventKind::Die { exit_code } if v.running && !stale => {
                 v.running = false;
                 c.last_exit_code = exit_code;
-                let why = format!("exited with code {}", exit_code.map_or("?".into(), |e| e.to_string()));
+                let why = format!(
+                    "exited with code {}",
+                    exit_code.map_or("?".into(), |e| e.to_string())
+                );
                 self.failure(idx, &why);
             }
             EventKind::Start if !v.running => {
                 v.running = true;
                 v.started_at = Some(ev.time);
-                v.health = if c.spec.spec.healthcheck.is_some() { Health::Starting } else { Health::None };
+                v.health = if c.spec.spec.healthcheck.is_some() {
+                    Health::Starting
+                } else {
+                    Health::None
+                };
             }
             EventKind::Health(h) if v.running && !stale => {
                 let was = v.health;
@@ -486,7 +501,7 @@ impl Supervisor {
             let keep = found
                 .iter()
                 .position(|o| matches(o) && o.running)
-                .or_else(|| found.iter().position(|o| matches(o)))
+                .or_else(|| found.iter().position(&matches))
                 .or(if found.is_empty() { None } else { Some(0) });
             let keep_obs = keep.map(|k| (found[k].clone(), matches(&found[k])));
             for (i, o) in found.into_iter().enumerate() {
@@ -551,7 +566,14 @@ impl Supervisor {
                     self.failure(idx, "exited right after start");
                 }
             }
-            Err(EngineError::NotFound { op: "start container", .. }) | Err(EngineError::NotFound { op: "restart container", .. }) => {
+            Err(EngineError::NotFound {
+                op: "start container",
+                ..
+            })
+            | Err(EngineError::NotFound {
+                op: "restart container",
+                ..
+            }) => {
                 tracing::warn!(component = %c.spec.name, "container is gone; recreating");
                 c.container = None;
             }
@@ -612,7 +634,10 @@ impl Supervisor {
                 c.failed = false;
             }
         }
-        if self.engine_connected && (self.resync_wanted || now >= self.next_resync) && !self.resync_in_flight {
+        if self.engine_connected
+            && (self.resync_wanted || now >= self.next_resync)
+            && !self.resync_in_flight
+        {
             self.resync_wanted = false;
             self.resync_in_flight = true;
             self.next_resync = now + self.settings.resync_interval;
@@ -674,13 +699,21 @@ impl Supervisor {
                     .ensure_image(&spec, attempts, &cancel)
                     .await
                     .map(|(image_id, digest)| Done::Image { image_id, digest }),
-                Action::Create { replace } => create(&engine, &plan, spec, replace, attempts, &cancel).await,
+                Action::Create { replace } => {
+                    create(&engine, &plan, spec, replace, attempts, &cancel).await
+                }
                 Action::Start { id } => match engine.start(&id).await {
-                    Ok(()) => engine.inspect(&id).await.map(|observed| Done::Container { observed, image: None }),
+                    Ok(()) => engine.inspect(&id).await.map(|observed| Done::Container {
+                        observed,
+                        image: None,
+                    }),
                     Err(e) => Err(e),
                 },
                 Action::Restart { id } => match engine.restart(&id, grace).await {
-                    Ok(()) => engine.inspect(&id).await.map(|observed| Done::Container { observed, image: None }),
+                    Ok(()) => engine.inspect(&id).await.map(|observed| Done::Container {
+                        observed,
+                        image: None,
+                    }),
                     Err(e) => Err(e),
                 },
             };
@@ -822,7 +855,11 @@ impl Supervisor {
     fn publish_drain(&self, wave: &[usize], phase_now: Phase, now: Instant) {
         let mut s = self.snapshot(AgentState::Draining, now);
         for (i, cs) in s.components.iter_mut().enumerate() {
-            cs.state = if wave.contains(&i) { phase_now } else { self.comps[i].phase_logged };
+            cs.state = if wave.contains(&i) {
+                phase_now
+            } else {
+                self.comps[i].phase_logged
+            };
         }
         self.status.send_replace(Arc::new(s));
     }
@@ -882,7 +919,12 @@ async fn create(
 
 /// Follows the engine's event stream, reconnecting with [`ENGINE_RECONNECT`]
 /// backoff; reports the engine up (which triggers a resync) and down.
-async fn watch_engine(engine: Engine, tx: mpsc::UnboundedSender<Input>, cancel: CancellationToken, start: SystemTime) {
+async fn watch_engine(
+    engine: Engine,
+    tx: mpsc::UnboundedSender<Input>,
+    cancel: CancellationToken,
+    start: SystemTime,
+) {
     let mut since = start;
     let mut attempt = 0u32;
     loop {
@@ -964,18 +1006,109 @@ mod tests {
         let later = now + Duration::from_secs(5);
         let start = Some(Action::Start { id: "c1".into() });
         let cases: Vec<(&str, Comp, bool, bool, Option<Action>)> = vec![
-            ("no image yet: pull", Comp { image_ready: false, ..comp() }, true, true, Some(Action::Pull)),
-            ("absent: create", comp(), true, true, Some(Action::Create { replace: None })),
+            (
+                "no image yet: pull",
+                Comp {
+                    image_ready: false,
+                    ..comp()
+                },
+                true,
+                true,
+                Some(Action::Pull),
+            ),
+            (
+                "absent: create",
+                comp(),
+                true,
+                true,
+                Some(Action::Create { replace: None }),
+            ),
             ("absent, deps not ready: wait", comp(), false, true, None),
             ("engine down: wait", comp(), true, false, None),
-            ("busy: wait", Comp { busy: Some(ActionKind::Start), ..comp() }, true, true, None),
-            ("stopped: start, deps ignored", Comp { container: view(false, Health::None, true), ..comp() }, false, true, start.clone()),
-            ("stopped in backoff: wait", Comp { container: view(false, Health::None, true), not_before: Some(later), ..comp() }, true, true, None),
-            ("backoff over: start", Comp { container: view(false, Health::None, true), not_before: Some(now), ..comp() }, true, true, start),
-            ("unhealthy: restart", Comp { container: view(true, Health::Unhealthy, true), ..comp() }, true, true, Some(Action::Restart { id: "c1".into() })),
-            ("mismatch: replace", Comp { container: view(true, Health::None, false), ..comp() }, true, true, Some(Action::Create { replace: Some("c1".into()) })),
-            ("healthy: nothing", Comp { container: view(true, Health::Healthy, true), ..comp() }, true, true, None),
-            ("starting health: nothing", Comp { container: view(true, Health::Starting, true), ..comp() }, true, true, None),
+            (
+                "busy: wait",
+                Comp {
+                    busy: Some(ActionKind::Start),
+                    ..comp()
+                },
+                true,
+                true,
+                None,
+            ),
+            (
+                "stopped: start, deps ignored",
+                Comp {
+                    container: view(false, Health::None, true),
+                    ..comp()
+                },
+                false,
+                true,
+                start.clone(),
+            ),
+            (
+                "stopped in backoff: wait",
+                Comp {
+                    container: view(false, Health::None, true),
+                    not_before: Some(later),
+                    ..comp()
+                },
+                true,
+                true,
+                None,
+            ),
+            (
+                "backoff over: start",
+                Comp {
+                    container: view(false, Health::None, true),
+                    not_before: Some(now),
+                    ..comp()
+                },
+                true,
+                true,
+                start,
+            ),
+            (
+                "unhealthy: restart",
+                Comp {
+                    container: view(true, Health::Unhealthy, true),
+                    ..comp()
+                },
+                true,
+                true,
+                Some(Action::Restart { id: "c1".into() }),
+            ),
+            (
+                "mismatch: replace",
+                Comp {
+                    container: view(true, Health::None, false),
+                    ..comp()
+                },
+                true,
+                true,
+                Some(Action::Create {
+                    replace: Some("c1".into()),
+                }),
+            ),
+            (
+                "healthy: nothing",
+                Comp {
+                    container: view(true, Health::Healthy, true),
+                    ..comp()
+                },
+                true,
+                true,
+                None,
+            ),
+            (
+                "starting health: nothing",
+                Comp {
+                    container: view(true, Health::Starting, true),
+                    ..comp()
+                },
+                true,
+                true,
+                None,
+            ),
         ];
         for (what, c, deps, can, want) in cases {
             assert_eq!(decide(&c, deps, can, now), want, "{what}");
@@ -987,11 +1120,59 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
         assert_eq!(phase(&comp(), now), Phase::Pending);
-        assert_eq!(phase(&Comp { busy: Some(ActionKind::Pull), ..comp() }, now), Phase::Pulling);
-        assert_eq!(phase(&Comp { container: view(true, Health::Healthy, true), ..comp() }, now), Phase::Running);
-        assert_eq!(phase(&Comp { container: view(false, Health::None, true), not_before: Some(later), ..comp() }, now), Phase::Backoff);
-        assert_eq!(phase(&Comp { container: view(false, Health::None, true), failed: true, ..comp() }, now), Phase::Failed);
-        assert_eq!(phase(&Comp { container: view(true, Health::Unhealthy, true), not_before: Some(later), ..comp() }, now), Phase::Backoff);
+        assert_eq!(
+            phase(
+                &Comp {
+                    busy: Some(ActionKind::Pull),
+                    ..comp()
+                },
+                now
+            ),
+            Phase::Pulling
+        );
+        assert_eq!(
+            phase(
+                &Comp {
+                    container: view(true, Health::Healthy, true),
+                    ..comp()
+                },
+                now
+            ),
+            Phase::Running
+        );
+        assert_eq!(
+            phase(
+                &Comp {
+                    container: view(false, Health::None, true),
+                    not_before: Some(later),
+                    ..comp()
+                },
+                now
+            ),
+            Phase::Backoff
+        );
+        assert_eq!(
+            phase(
+                &Comp {
+                    container: view(false, Health::None, true),
+                    failed: true,
+                    ..comp()
+                },
+                now
+            ),
+            Phase::Failed
+        );
+        assert_eq!(
+            phase(
+                &Comp {
+                    container: view(true, Health::Unhealthy, true),
+                    not_before: Some(later),
+                    ..comp()
+                },
+                now
+            ),
+            Phase::Backoff
+        );
         assert!(RestartPolicy::default().failure_budget > 1);
     }
 }

@@ -61,7 +61,9 @@ impl RegistryAuth {
     pub fn load(path: &Path) -> Result<RegistryAuth, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RegistryAuth::default());
+            }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         RegistryAuth::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -71,7 +73,9 @@ impl RegistryAuth {
     pub fn parse(text: &str) -> Result<RegistryAuth, String> {
         let file: ConfigFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if file.creds_store.is_some() || !file.cred_helpers.is_empty() {
-            tracing::warn!("docker config names credential helpers; berth does not run them, only `auths` entries are used");
+            tracing::warn!(
+                "docker config names credential helpers; berth does not run them, only `auths` entries are used"
+            );
         }
         let mut by_host = BTreeMap::new();
         for (key, entry) in file.auths {
@@ -81,7 +85,8 @@ impl RegistryAuth {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(a.trim())
                     .map_err(|e| format!("auths.{key:?}.auth is not base64: {e}"))?;
-                let decoded = String::from_utf8(decoded).map_err(|_| format!("auths.{key:?}.auth is not UTF-8"))?;
+                let decoded = String::from_utf8(decoded)
+                    .map_err(|_| format!("auths.{key:?}.auth is not UTF-8"))?;
                 let (u, p) = decoded
                     .split_once(':')
                     .ok_or_else(|| format!("auths.{key:?}.auth is not base64 of user:password"))?;
@@ -91,7 +96,11 @@ impl RegistryAuth {
             by_host.insert(
                 host.clone(),
                 Credentials {
-                    server: if host == "docker.io" { HUB_KEY.to_string() } else { host },
+                    server: if host == "docker.io" {
+                        HUB_KEY.to_string()
+                    } else {
+                        host
+                    },
                     username,
                     password,
                     identity_token: entry.identitytoken,
@@ -109,7 +118,9 @@ impl RegistryAuth {
 
 /// `https://reg.example.com:5000/v2/` → `reg.example.com:5000`; the Hub's keys → `docker.io`.
 fn normalize_host(key: &str) -> String {
-    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let host = k.split('/').next().unwrap_or(k);
     match host {
         "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
@@ -121,7 +132,9 @@ fn normalize_host(key: &str) -> String {
 /// path component if it has a `.` or `:` or is `localhost`, else `docker.io`.
 pub fn registry_host(image: &str) -> String {
     match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
         _ => "docker.io".to_string(),
     }
 }
@@ -139,10 +152,22 @@ mod tests {
         }}"#;
         let a = RegistryAuth::parse(cfg).unwrap();
         let c = a.for_image("127.0.0.1:5000/web:1").unwrap();
-        assert_eq!((c.username.as_deref(), c.password.as_deref()), (Some("user"), Some("pass")));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("user"), Some("pass"))
+        );
         assert_eq!(a.for_image("nginx:1").unwrap().server, HUB_KEY);
-        assert_eq!(a.for_image("library/nginx:1").unwrap().username.as_deref(), Some("hub"));
-        assert_eq!(a.for_image("reg.example.com/team/web:1").unwrap().identity_token.as_deref(), Some("tok"));
+        assert_eq!(
+            a.for_image("library/nginx:1").unwrap().username.as_deref(),
+            Some("hub")
+        );
+        assert_eq!(
+            a.for_image("reg.example.com/team/web:1")
+                .unwrap()
+                .identity_token
+                .as_deref(),
+            Some("tok")
+        );
         assert!(a.for_image("other.example.com/web:1").is_none());
     }
 
@@ -150,7 +175,12 @@ mod tests {
     fn malformed_auth_is_an_error() {
         assert!(RegistryAuth::parse(r#"{"auths": {"r.io": {"auth": "!!"}}}"#).is_err());
         assert!(RegistryAuth::parse("not json").is_err());
-        assert!(RegistryAuth::parse("{}").unwrap().for_image("x/y:1").is_none());
+        assert!(
+            RegistryAuth::parse("{}")
+                .unwrap()
+                .for_image("x/y:1")
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,10 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig,
+    PortBinding,
+};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -69,10 +73,14 @@ impl Engine {
 
     /// Checks the engine answers.
     pub async fn ping(&self) -> Result<(), EngineError> {
-        self.docker.ping().await.map(|_| ()).map_err(|e| EngineError::Connect {
-            host: self.host.clone(),
-            message: e.to_string(),
-        })
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Connect {
+                host: self.host.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// The container name of a component: `<namespace>-<component>`.
@@ -92,7 +100,9 @@ impl Engine {
     ) -> Result<(String, Option<String>), EngineError> {
         let reference = c.create_ref().to_string();
         let need_pull = match (c.digest.is_some(), c.spec.pull) {
-            (true, _) | (false, PullPolicy::Missing) => self.docker.inspect_image(&reference).await.is_err(),
+            (true, _) | (false, PullPolicy::Missing) => {
+                self.docker.inspect_image(&reference).await.is_err()
+            }
             (false, PullPolicy::Always) => c.image_id.is_none(),
         };
         if need_pull {
@@ -120,7 +130,11 @@ impl Engine {
                 }
             }
         }
-        let inspect = self.docker.inspect_image(&reference).await.map_err(|e| api("inspect image", &reference, e))?;
+        let inspect = self
+            .docker
+            .inspect_image(&reference)
+            .await
+            .map_err(|e| api("inspect image", &reference, e))?;
         let id = inspect.id.unwrap_or_default();
         let repo = repository(&c.image);
         let digest = inspect
@@ -155,11 +169,19 @@ impl Engine {
     pub async fn list_managed(&self) -> Result<Vec<Observed>, EngineError> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(
             "label",
-            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_NAMESPACE}={}", self.namespace)],
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_NAMESPACE}={}", self.namespace),
+            ],
         )]);
         let list = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(|e| api("list containers", &self.namespace, e))?;
         let mut out = Vec::with_capacity(list.len());
@@ -176,8 +198,16 @@ impl Engine {
 
     /// Inspects one container.
     pub async fn inspect(&self, id: &str) -> Result<Observed, EngineError> {
-        let r = self.docker.inspect_container(id, None).await.map_err(|e| api("inspect container", id, e))?;
-        let labels = r.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let r = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| api("inspect container", id, e))?;
+        let labels = r
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
         let state = r.state.unwrap_or_default();
         let health = match state.health.and_then(|h| h.status) {
             Some(HealthStatusEnum::STARTING) => Health::Starting,
@@ -187,7 +217,11 @@ impl Engine {
         };
         Ok(Observed {
             id: r.id.unwrap_or_else(|| id.to_string()),
-            name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
+            name: r
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
             component: labels.get(LABEL_COMPONENT).cloned(),
             spec_hash: labels.get(LABEL_SPEC).cloned(),
             image_id: r.image.unwrap_or_default(),
@@ -217,7 +251,10 @@ impl Engine {
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(opts), body).await {
             Ok(r) => Ok(r.id),
-            Err(BollardError::DockerResponseServerError { status_code: 409, message }) => Err(EngineError::Conflict {
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) => Err(EngineError::Conflict {
                 op: "create container",
                 target: name,
                 message: format!("{message} (berth never removes a container it did not create)"),
@@ -228,20 +265,33 @@ impl Engine {
 
     /// Starts a created or stopped container.
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker.start_container(id, None).await.map_err(|e| api("start container", id, e))
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| api("start container", id, e))
     }
 
     /// Restarts a running container: its stop signal, `grace`, then SIGKILL, then start.
     pub async fn restart(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let opts = RestartContainerOptionsBuilder::default().t(secs(grace)).build();
-        self.docker.restart_container(id, Some(opts)).await.map_err(|e| api("restart container", id, e))
+        let opts = RestartContainerOptionsBuilder::default()
+            .t(secs(grace))
+            .build();
+        self.docker
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(|e| api("restart container", id, e))
     }
 
     /// Stops a container: its stop signal, `grace`, then SIGKILL.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let opts = StopContainerOptionsBuilder::default().t(secs(grace)).build();
+        let opts = StopContainerOptionsBuilder::default()
+            .t(secs(grace))
+            .build();
         match self.docker.stop_container(id, Some(opts)).await {
-            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             Err(e) => Err(api("stop container", id, e)),
         }
     }
@@ -250,22 +300,42 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(opts)).await {
-            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(api("remove container", id, e)),
         }
     }
 
     /// The engine's events about this namespace's containers, from `since`
     /// (so a reconnect misses nothing the engine still remembers).
-    pub fn events(&self, since: SystemTime) -> impl Stream<Item = Result<EngineEvent, EngineError>> + use<> {
+    pub fn events(
+        &self,
+        since: SystemTime,
+    ) -> impl Stream<Item = Result<EngineEvent, EngineError>> + use<> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([
             ("type", vec!["container".to_string()]),
-            ("label", vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_MANAGED}=true")]),
-            ("event", ["start", "die", "health_status", "destroy"].map(String::from).to_vec()),
+            (
+                "label",
+                vec![
+                    format!("{LABEL_NAMESPACE}={}", self.namespace),
+                    format!("{LABEL_MANAGED}=true"),
+                ],
+            ),
+            (
+                "event",
+                ["start", "die", "health_status", "destroy"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
         ]);
         let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
         let since = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
-        let opts = EventsOptionsBuilder::default().since(&since).filters(&filters).build();
+        let opts = EventsOptionsBuilder::default()
+            .since(&since)
+            .filters(&filters)
+            .build();
         let host = self.host.clone();
         self.docker.events(Some(opts)).filter_map(move |r| {
             let out = match r {
@@ -319,7 +389,9 @@ fn secs(d: Duration) -> i32 {
 
 fn api(op: &'static str, target: &str, e: BollardError) -> EngineError {
     match e {
-        BollardError::DockerResponseServerError { status_code: 404, .. } => EngineError::NotFound {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => EngineError::NotFound {
             op,
             target: target.to_string(),
         },
@@ -348,24 +420,33 @@ fn repository(image: &str) -> &str {
 }
 
 /// The engine's create body for a spec.
-fn container_body(spec: &ContainerSpec, image: &str, labels: HashMap<String, String>) -> ContainerCreateBody {
+fn container_body(
+    spec: &ContainerSpec,
+    image: &str,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {
         let (ip, host, container, proto) = parse_port(p).expect("validated port");
         let key = format!("{container}/{proto}");
         exposed.push(key.clone());
-        bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-            host_ip: ip,
-            host_port: host.map(|h| h.to_string()),
-        });
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: ip,
+                host_port: host.map(|h| h.to_string()),
+            });
     }
     let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: spec.command.clone(),
         entrypoint: spec.entrypoint.clone(),
-        env: (!spec.env.is_empty()).then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: (!spec.env.is_empty())
+            .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         user: spec.user.clone(),
         labels: Some(labels),
@@ -401,7 +482,10 @@ mod tests {
 
     #[test]
     fn references_split_at_the_tag() {
-        assert_eq!(split_reference("reg:5000/web:1.0"), ("reg:5000/web", Some("1.0")));
+        assert_eq!(
+            split_reference("reg:5000/web:1.0"),
+            ("reg:5000/web", Some("1.0"))
+        );
         assert_eq!(split_reference("reg:5000/web"), ("reg:5000/web", None));
         assert_eq!(split_reference("web@sha256:ab"), ("web@sha256:ab", None));
         assert_eq!(repository("reg:5000/team/web:1.0"), "reg:5000/team/web");
@@ -411,6 +495,9 @@ mod tests {
     fn docker_times_parse() {
         assert!(parse_time("0001-01-01T00:00:00Z").is_none());
         let t = parse_time("2024-05-01T10:00:00.123456789Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().subsec_nanos(), 123_456_789);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().subsec_nanos(),
+            123_456_789
+        );
     }
 }

@@ -1,0 +1,850 @@
+//! Whole behaviours of `berth run` (local mode) against the machine's real
+//! Docker engine and a real registry on loopback.
+//!
+//! Every test has its own namespace (container names and labels), status
+//! port, data directory and image repository, so tests run in parallel and
+//! never see each other's containers. Tests wait on conditions with generous
+//! deadlines; none asserts on timing.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// One test's world: manifest, local file, data dir, status address.
+struct Fx {
+    ns: String,
+    dir: tempfile::TempDir,
+    status_addr: String,
+}
+
+impl Fx {
+    /// `containers` is the TOML of `[[clusters.web.containers]]` entries;
+    /// `agent_extra` adds lines to `[agent]`.
+    fn new(containers: &str, agent_extra: &str, version: &str) -> Fx {
+        let ns = unique("t");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-it-")
+            .tempdir()
+            .expect("temp dir");
+        let status_addr = format!("127.0.0.1:{}", free_port());
+        let fx = Fx {
+            ns,
+            dir,
+            status_addr,
+        };
+        fx.write_manifest(containers, agent_extra);
+        fx.write_local(&format!(
+            "instance_id = \"i-{}\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"{version}\"\n",
+            fx.ns
+        ));
+        fx
+    }
+
+    fn write_manifest(&self, containers: &str, agent_extra: &str) {
+        let m = format!(
+            "[agent]\nnamespace = \"{}\"\nstatus_addr = \"{}\"\ndata_dir = \"{}\"\n{agent_extra}\n\n[clusters.web]\n{containers}\n",
+            self.ns,
+            self.status_addr,
+            self.data_dir().display()
+        );
+        std::fs::write(self.manifest(), m).expect("write manifest");
+    }
+
+    fn write_local(&self, text: &str) {
+        // Write-then-rename so the agent never reads a half-written file.
+        let tmp = self.dir.path().join("local.toml.tmp");
+        std::fs::write(&tmp, text).expect("write local file");
+        std::fs::rename(&tmp, self.local()).expect("rename local file");
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("berth.toml")
+    }
+    fn local(&self) -> PathBuf {
+        self.dir.path().join("local.toml")
+    }
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    fn label(&self) -> String {
+        format!("berth.namespace={}", self.ns)
+    }
+    fn name(&self, component: &str) -> String {
+        format!("{}-{component}", self.ns)
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--config".into(),
+            self.manifest().display().to_string(),
+            "--local".into(),
+            self.local().display().to_string(),
+        ]
+    }
+
+    fn agent(&self, envs: &[(&str, &str)]) -> Agent {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::spawn(&args, envs)
+    }
+
+    fn status(&self) -> Option<Value> {
+        http_get_json(&self.status_addr, "/status")
+    }
+
+    /// Waits until `/status` satisfies `pred`; returns that status.
+    fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, LONG, || self.status().filter(|s| pred(s)))
+    }
+
+    fn wait_ready(&self) -> Value {
+        self.wait_status("agent ready", |s| s["state"] == "ready")
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        remove_containers_with_label(&self.label());
+    }
+}
+
+fn comp<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["components"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no component {name} in {s}"))
+}
+
+fn running_forever() -> &'static str {
+    r#"command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#
+}
+
+fn started_at(id: &str) -> String {
+    inspect_field(id, "{{.State.StartedAt}}")
+}
+
+/// A Docker RFC 3339 time (its fractions have variable length, so strings do not compare).
+fn time(s: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(s.trim()).unwrap_or_else(|e| panic!("bad time {s:?}: {e}"))
+}
+
+/// Engine event times (ns) of `event` for container `id` since `since` (RFC 3339).
+fn event_times(id: &str, event: &str, since: &str) -> Vec<i64> {
+    let until = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1
+    );
+    docker(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={id}"),
+        "--filter",
+        &format!("event={event}"),
+        "--format",
+        "{{.TimeNano}}",
+    ])
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect()
+}
+
+#[test]
+fn starts_a_multi_container_set_in_order_pulling_through_the_registry() {
+    let reg = shared_registry();
+    let repo = unique("order");
+    push_image(&reg.addr(), &repo, "1.0");
+    let image = format!("{}/{repo}:{{version}}", reg.addr());
+    let fx = Fx::new(
+        &format!(
+            r#"
+[[clusters.web.containers]]
+name = "web"
+image = "{image}"
+{run}
+depends_on = ["app"]
+labels = {{ team = "edge" }}
+
+[[clusters.web.containers]]
+name = "db"
+image = "{image}"
+command = ["sh", "-c", "trap 'exit 0' TERM; sleep 2; touch /ready; while true; do sleep 1; done"]
+healthcheck = {{ test = ["CMD", "test", "-f", "/ready"], interval = "500ms", retries = 3 }}
+
+[[clusters.web.containers]]
+name = "app"
+image = "{image}"
+{run}
+depends_on = ["db"]
+env = {{ GREETING = "hello" }}
+"#,
+            run = running_forever()
+        ),
+        "",
+        "1.0",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    for c in ["web", "db", "app"] {
+        assert_eq!(comp(&s, c)["state"], "running", "{s}");
+        assert_eq!(comp(&s, c)["version"], "1.0");
+    }
+    assert_eq!(comp(&s, "db")["health"], "healthy");
+    // Order: db became healthy before app was created; app ran before web.
+    let id = |c: &str| comp(&s, c)["container_id"].as_str().unwrap().to_string();
+    let (db, app, web) = (id("db"), id("app"), id("web"));
+    let created = |c: &str| inspect_field(c, "{{.Created}}");
+    assert!(
+        time(&started_at(&db)) < time(&created(&app)),
+        "db started {} app created {}",
+        started_at(&db),
+        created(&app)
+    );
+    assert!(
+        time(&started_at(&app)) < time(&created(&web)),
+        "app started {} web created {}",
+        started_at(&app),
+        created(&web)
+    );
+    let healthy = event_times(&db, "health_status", &started_at(&db));
+    let app_created = time(&created(&app))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        healthy.first().is_some_and(|h| *h < app_created),
+        "db healthy {healthy:?} before app created {app_created}"
+    );
+    // Labels, env and the name are what the manifest and pin say.
+    assert_eq!(
+        inspect_field(&web, "{{index .Config.Labels \"berth.managed\"}}"),
+        "true"
+    );
+    assert_eq!(
+        inspect_field(&web, "{{index .Config.Labels \"berth.component\"}}"),
+        "web"
+    );
+    assert_eq!(
+        inspect_field(&web, "{{index .Config.Labels \"team\"}}"),
+        "edge"
+    );
+    assert!(inspect_field(&app, "{{json .Config.Env}}").contains("GREETING=hello"));
+    assert_eq!(
+        inspect_field(&app, "{{.Name}}"),
+        format!("/{}", fx.name("app"))
+    );
+    // The pin records the registry digest, and containers run from it.
+    let pin: Value =
+        serde_json::from_slice(&std::fs::read(fx.data_dir().join("pin.json")).unwrap()).unwrap();
+    let digest = pin["components"][0]["digest"]
+        .as_str()
+        .expect("digest pinned")
+        .to_string();
+    assert!(
+        digest.starts_with(&format!("{}/{repo}@sha256:", reg.addr())),
+        "{digest}"
+    );
+    assert_eq!(inspect_field(&web, "{{.Config.Image}}"), digest);
+    assert_eq!(container_ids_with_label(&fx.label()).len(), 3);
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(LONG), Some(0));
+}
+
+#[test]
+fn pull_is_retried_while_the_registry_is_down() {
+    let mut reg = Registry::start();
+    let repo = unique("pull");
+    push_image(&reg.addr(), &repo, "2.0");
+    reg.stop();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"{}/{repo}:{{version}}\"\n{}\n",
+            reg.addr(),
+            running_forever()
+        ),
+        "pull_attempts = 2",
+        "2.0",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_status("pull error shown", |s| {
+        comp(s, "web")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pull"))
+    });
+    assert_ne!(comp(&s, "web")["state"], "running");
+    assert_eq!(
+        comp(&s, "web")["failures"],
+        0,
+        "pull failures must not count against the budget: {s}"
+    );
+    assert!(container_ids_with_label(&fx.label()).is_empty());
+    reg.start_again();
+    let s = fx.wait_ready();
+    assert_eq!(comp(&s, "web")["state"], "running");
+    assert!(agent.log().contains("image pull failed"));
+    agent.kill();
+}
+
+#[test]
+fn a_killed_container_is_restarted_in_place() {
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+            running_forever()
+        ),
+        "",
+        "base",
+    );
+    base_image();
+    let _agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for round in 1..=2 {
+        kill_main_process(&id);
+        let s = fx.wait_status("restarted", |s| {
+            comp(s, "web")["restarts"] == round && comp(s, "web")["state"] == "running"
+        });
+        assert_eq!(
+            comp(&s, "web")["container_id"],
+            id.as_str(),
+            "restart must reuse the container"
+        );
+        assert_eq!(comp(&s, "web")["last_exit_code"], 137);
+    }
+    assert_eq!(
+        container_ids_with_label(&fx.label()),
+        vec![id.clone()],
+        "no litter"
+    );
+    assert_eq!(inspect_field(&id, "{{.State.Running}}"), "true");
+}
+
+#[test]
+fn a_crash_loop_backs_off_then_fails_and_keeps_retrying() {
+    base_image();
+    let fx = Fx::new(
+        r#"
+[[clusters.web.containers]]
+name = "crashy"
+image = "berth-test/busybox:{version}"
+command = ["sh", "-c", "exit 3"]
+restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", failure_budget = 5 }
+"#,
+        "",
+        "base",
+    );
+    let _agent = fx.agent(&[]);
+    let s = fx.wait_status("crashy failed", |s| comp(s, "crashy")["state"] == "failed");
+    let c = comp(&s, "crashy");
+    assert!(c["failures"].as_u64().unwrap() >= 5, "{c}");
+    assert_eq!(c["last_exit_code"], 3);
+    let id = c["container_id"].as_str().unwrap().to_string();
+    let restarts = c["restarts"].as_u64().unwrap();
+    // Still retried after failing (every max_delay).
+    fx.wait_status("retried after failing", |s| {
+        comp(s, "crashy")["restarts"].as_u64().unwrap() > restarts
+    });
+    assert_eq!(
+        container_ids_with_label(&fx.label()),
+        vec![id.clone()],
+        "a crash loop leaves one container"
+    );
+    // The gaps between starts grow: immediate, then 0.5 s, 1 s, 2 s, 3 s (±10 %).
+    let created = inspect_field(&id, "{{.Created}}");
+    let starts = event_times(&id, "start", &created);
+    let dies = event_times(&id, "die", &created);
+    assert!(
+        starts.len() >= 5 && dies.len() >= 5,
+        "starts {starts:?} dies {dies:?}"
+    );
+    let waits: Vec<f64> = starts[1..]
+        .iter()
+        .map(|s| {
+            let die = dies.iter().filter(|d| *d < s).max().unwrap();
+            (s - die) as f64 / 1e9
+        })
+        .collect();
+    assert!(waits[0] < 0.45, "first restart is immediate: {waits:?}");
+    for w in waits.windows(2).take(3) {
+        assert!(w[1] > w[0], "backoff grows: {waits:?}");
+    }
+    assert!(waits[3] >= 1.8 - 0.2, "fourth wait is about 2 s: {waits:?}");
+}
+
+#[test]
+fn an_unhealthy_container_is_restarted() {
+    base_image();
+    let fx = Fx::new(
+        r#"
+[[clusters.web.containers]]
+name = "web"
+image = "berth-test/busybox:{version}"
+command = ["sh", "-c", "trap 'exit 0' TERM; touch /healthy; sleep 4; rm /healthy; while true; do sleep 1; done"]
+healthcheck = { test = ["CMD", "test", "-f", "/healthy"], interval = "500ms", timeout = "1s", retries = 1 }
+stop_grace_period = "2s"
+"#,
+        "",
+        "base",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_start = started_at(&id);
+    let s = fx.wait_status("restarted after unhealthy", |s| {
+        comp(s, "web")["restarts"].as_u64() >= Some(1) && comp(s, "web")["health"] == "healthy"
+    });
+    assert_eq!(comp(&s, "web")["container_id"], id.as_str());
+    assert!(time(&started_at(&id)) > time(&first_start));
+    agent.wait_log("healthcheck reports unhealthy", LONG);
+    // The stop signal was honoured: the trap exited 0 rather than being killed.
+    assert_eq!(comp(&s, "web")["last_exit_code"], 0, "{s}");
+}
+
+#[test]
+fn a_killed_agent_adopts_its_containers_on_restart() {
+    base_image();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"a\"\nimage = \"berth-test/busybox:{{version}}\"\n{r}\n[[clusters.web.containers]]\nname = \"b\"\nimage = \"berth-test/busybox:{{version}}\"\n{r}\ndepends_on = [\"a\"]\n",
+            r = running_forever()
+        ),
+        "",
+        "base",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let ids: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|c| comp(&s, c)["container_id"].as_str().unwrap().to_string())
+        .collect();
+    let starts: Vec<String> = ids.iter().map(|i| started_at(i)).collect();
+    agent.signal(9);
+    assert_eq!(agent.wait_exit(LONG), Some(137));
+    let mut again = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let ids2: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|c| comp(&s, c)["container_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ids2, "same container ids");
+    assert_eq!(
+        starts,
+        ids.iter().map(|i| started_at(i)).collect::<Vec<_>>(),
+        "not restarted"
+    );
+    assert_eq!(
+        container_ids_with_label(&fx.label()).len(),
+        2,
+        "no duplicates"
+    );
+    again.wait_log("adopted container", LONG);
+    assert!(!again.log().contains("replacing"));
+    // SIGTERM stops the agent only.
+    again.signal(15);
+    assert_eq!(again.wait_exit(LONG), Some(0));
+    for id in &ids {
+        assert_eq!(inspect_field(id, "{{.State.Running}}"), "true");
+    }
+}
+
+#[test]
+fn unmanaged_containers_are_never_touched() {
+    let base = base_image();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{r}\nrestart = {{ initial_delay = \"200ms\", max_delay = \"1s\", failure_budget = 2 }}\n[[clusters.web.containers]]\nname = \"other\"\nimage = \"berth-test/busybox:{{version}}\"\n{r}\n",
+            r = running_forever()
+        ),
+        "",
+        "base",
+    );
+    // Same name as berth's web, but not managed; and one carrying our namespace label only.
+    let squatter = docker(&["run", "-d", "--name", &fx.name("web"), &base])
+        .trim()
+        .to_string();
+    let bystander = docker(&["run", "-d", "--label", &fx.label(), &base])
+        .trim()
+        .to_string();
+    let squatter_start = started_at(&squatter);
+    let _agent = fx.agent(&[]);
+    let s = fx.wait_status("web fails on the name conflict, other runs", |s| {
+        comp(s, "web")["state"] == "failed" && comp(s, "other")["state"] == "running"
+    });
+    assert!(
+        comp(&s, "web")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("never removes"),
+        "{s}"
+    );
+    for (id, start) in [
+        (&squatter, &squatter_start),
+        (&bystander, &started_at(&bystander)),
+    ] {
+        assert_eq!(inspect_field(id, "{{.State.Running}}"), "true");
+        assert_eq!(&started_at(id), start, "untouched");
+    }
+    docker(&["rm", "-f", &squatter, &bystander]);
+    // With the name free, berth creates its own.
+    fx.wait_status("web runs once the name is free", |s| {
+        comp(s, "web")["state"] == "running"
+    });
+}
+
+#[test]
+fn drift_drains_in_reverse_order_and_exits_3() {
+    base_image();
+    let graceful = r#"command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"db\"\nimage = \"berth-test/busybox:{{version}}\"\n{graceful}\nstop_grace_period = \"5s\"\n\
+             [[clusters.web.containers]]\nname = \"app\"\nimage = \"berth-test/busybox:{{version}}\"\n{graceful}\ndepends_on = [\"db\"]\nstop_grace_period = \"5s\"\n"
+        ),
+        "local_poll_interval = \"200ms\"",
+        "base",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let db = comp(&s, "db")["container_id"].as_str().unwrap().to_string();
+    let app = comp(&s, "app")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fx.write_local(&format!(
+        "instance_id = \"i-{}\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"next\"\n",
+        fx.ns
+    ));
+    assert_eq!(
+        agent.wait_exit(LONG),
+        Some(3),
+        "exit code 3 = drained for retirement"
+    );
+    let log = agent.log();
+    assert!(log.contains("drift detected"), "{log}");
+    assert!(
+        log.contains("preferred=next") || log.contains("preferred\":\"next"),
+        "{log}"
+    );
+    for id in [&db, &app] {
+        assert_eq!(inspect_field(id, "{{.State.Running}}"), "false");
+        assert_eq!(
+            inspect_field(id, "{{.State.ExitCode}}"),
+            "0",
+            "stopped with its signal, not killed"
+        );
+    }
+    let finished = |id: &str| time(&inspect_field(id, "{{.State.FinishedAt}}"));
+    assert!(
+        finished(&app) < finished(&db),
+        "app (depends on db) stops first"
+    );
+}
+
+#[test]
+fn bad_manifests_name_the_field_and_start_nothing() {
+    let cases = [
+        (
+            "unknown key",
+            "name = \"w\"\nimage = \"x:{version}\"\ncpu_shares = 2\n",
+            "clusters.web.containers[0]",
+        ),
+        (
+            "no placeholder",
+            "name = \"w\"\nimage = \"x:latest\"\n",
+            "clusters.web.containers[0].image",
+        ),
+        (
+            "bad duration",
+            "name = \"w\"\nimage = \"x:{version}\"\nstop_grace_period = \"soon\"\n",
+            "clusters.web.containers[0].stop_grace_period",
+        ),
+        (
+            "bad port",
+            "name = \"w\"\nimage = \"x:{version}\"\nports = [\"70000:80\"]\n",
+            "clusters.web.containers[0].ports[0]",
+        ),
+        (
+            "bad healthcheck",
+            "name = \"w\"\nimage = \"x:{version}\"\nhealthcheck = { test = [\"CMD\"], retries = 0 }\n",
+            "clusters.web.containers[0].healthcheck.retries",
+        ),
+        (
+            "unknown dependency",
+            "name = \"w\"\nimage = \"x:{version}\"\ndepends_on = [\"db\"]\n",
+            "clusters.web.containers[0].depends_on[0]",
+        ),
+        (
+            "bad name",
+            "name = \"Web App\"\nimage = \"x:{version}\"\n",
+            "clusters.web.containers[0].name",
+        ),
+        (
+            "bad memory",
+            "name = \"w\"\nimage = \"x:{version}\"\nmemory = \"lots\"\n",
+            "clusters.web.containers[0].memory",
+        ),
+    ];
+    for (what, body, path) in cases {
+        let fx = Fx::new(&format!("[[clusters.web.containers]]\n{body}"), "", "1.0");
+        let out = berth(
+            &["validate", "--config", fx.manifest().to_str().unwrap()],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(exit_code(out.status), 78, "{what}: {err}");
+        assert!(err.contains(path), "{what}: expected {path} in {err}");
+        let args = fx.args();
+        let run = berth(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert_eq!(exit_code(run.status), 78, "{what}: run exits 78");
+        assert!(
+            String::from_utf8_lossy(&run.stderr).contains(path),
+            "{what}: run names the field"
+        );
+        assert!(
+            container_ids_with_label(&fx.label()).is_empty(),
+            "{what}: nothing started"
+        );
+        assert!(
+            !fx.data_dir().join("pin.json").exists(),
+            "{what}: nothing pinned"
+        );
+    }
+    // Several problems at once.
+    let fx = Fx::new(
+        "[[clusters.web.containers]]\nname = \"w\"\nimage = \"x\"\nports = [\"x\"]\nstop_signal = \"NOPE\"\n",
+        "",
+        "1.0",
+    );
+    let out = berth(
+        &["validate", "--config", fx.manifest().to_str().unwrap()],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for p in [
+        "containers[0].image",
+        "containers[0].ports[0]",
+        "containers[0].stop_signal",
+    ] {
+        assert!(err.contains(p), "missing {p} in {err}");
+    }
+}
+
+#[test]
+fn a_bad_local_file_is_reported_and_changes_nothing() {
+    base_image();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+            running_forever()
+        ),
+        "local_poll_interval = \"200ms\"",
+        "base",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = std::fs::read_to_string(fx.local()).unwrap();
+    for (bad, needle) in [
+        (
+            good.replace("\"base\"", "\"not a version\""),
+            "berth:version",
+        ),
+        (
+            format!("{good}\"berth:version:ghost\" = \"1\"\n"),
+            "berth:version:ghost",
+        ),
+        ("instance_id = ".to_string(), "local file"),
+    ] {
+        fx.write_local(&bad);
+        let s = fx.wait_status("error shown in status", |s| {
+            s["message"].as_str().is_some_and(|m| m.contains(needle))
+        });
+        assert_eq!(comp(&s, "web")["container_id"], id.as_str());
+        assert_eq!(comp(&s, "web")["state"], "running");
+        assert!(agent.is_running());
+        fx.write_local(&good);
+        fx.wait_status("error cleared", |s| s["message"].is_null());
+    }
+    assert_eq!(inspect_field(&id, "{{.State.Running}}"), "true");
+    assert!(agent.log().contains("nothing is retired"));
+}
+
+#[test]
+fn a_moved_tag_never_changes_what_an_instance_runs() {
+    let reg = shared_registry();
+    let repo = unique("pin");
+    push_variant(&reg.addr(), &repo, "1.0", "first");
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"{}/{repo}:{{version}}\"\n{}\n",
+            reg.addr(),
+            running_forever()
+        ),
+        "",
+        "1.0",
+    );
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let first_image = inspect_field(
+        comp(&s, "web")["container_id"].as_str().unwrap(),
+        "{{.Image}}",
+    );
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(LONG), Some(0));
+    // The tag moves in the registry, and the container is lost.
+    push_variant(&reg.addr(), &repo, "1.0", "second");
+    remove_containers_with_label(&fx.label());
+    let _again = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        inspect_field(&id, "{{.Image}}"),
+        first_image,
+        "recreated from the pinned digest"
+    );
+    let out = docker(&["exec", &id, "cat", "/marker"]);
+    assert_eq!(out.trim(), "first");
+}
+
+#[test]
+fn plan_shows_what_would_run_without_starting_anything() {
+    let fx = Fx::new(
+        "[[clusters.web.containers]]\nname = \"web\"\nimage = \"reg.example.com/web:v{version}\"\n",
+        "",
+        "1.4.2",
+    );
+    let out = berth(
+        &[
+            "plan",
+            "--config",
+            fx.manifest().to_str().unwrap(),
+            "--local",
+            fx.local().to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        exit_code(out.status),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pinned"], false);
+    assert_eq!(
+        v["plan"]["components"][0]["image"],
+        "reg.example.com/web:v1.4.2"
+    );
+    assert!(container_ids_with_label(&fx.label()).is_empty());
+    assert!(!fx.data_dir().exists());
+    let table = berth(
+        &[
+            "plan",
+            "--config",
+            fx.manifest().to_str().unwrap(),
+            "--local",
+            fx.local().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&table.stdout).contains("reg.example.com/web:v1.4.2"));
+}
+
+#[test]
+fn status_command_prints_the_table_and_json() {
+    base_image();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+            running_forever()
+        ),
+        "",
+        "base",
+    );
+    let _agent = fx.agent(&[]);
+    fx.wait_ready();
+    let out = berth(&["status", "--addr", &fx.status_addr], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(exit_code(out.status), 0);
+    assert!(
+        text.contains("COMPONENT") && text.contains("web") && text.contains("running"),
+        "{text}"
+    );
+    let out = berth(&["status", "--addr", &fx.status_addr, "--json"], &[]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "ready");
+    assert_eq!(
+        http_get(&fx.status_addr, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = berth(&["status", "--addr", &dead], &[]);
+    assert_eq!(exit_code(out.status), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `berth run` running?"));
+}
+
+#[test]
+fn an_engine_restart_is_survived() {
+    let mut engine = PrivateDockerd::start();
+    let host = engine.host();
+    engine.load_base_image();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+            running_forever()
+        ),
+        "",
+        "base",
+    );
+    let mut agent = fx.agent(&[("DOCKER_HOST", &host)]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    engine.stop();
+    fx.wait_status("engine lost", |s| s["engine_connected"] == false);
+    engine.start_again();
+    let s = fx.wait_status("running again after the engine restart", |s| {
+        s["engine_connected"] == true
+            && comp(s, "web")["state"] == "running"
+            && comp(s, "web")["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        comp(&s, "web")["container_id"],
+        id.as_str(),
+        "same container, restarted"
+    );
+    assert_eq!(inspect_field_at(&host, &id, "{{.State.Running}}"), "true");
+    assert_eq!(container_ids_with_label_at(&host, &fx.label()).len(), 1);
+    assert!(agent.log().contains("lost the engine"));
+    agent.kill();
+    remove_containers_with_label_at(&host, &fx.label());
+}

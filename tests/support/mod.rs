@@ -1,0 +1,42 @@
+//! Shared support code for berth's integration tests.
+//!
+//! Use it from a test file with `mod support;` and `use support::*;`.
+//! Tests of one binary run in parallel threads, so everything here is
+//! thread-safe and every resource (names, ports, temp dirs, registries,
+//! engines) is unique per call.
+//!
+//! * [`util`]: [`unique`] ids, [`free_port`], [`wait_until`] (always wait
+//!   on conditions with generous deadlines, never sleep-then-assert).
+//! * [`docker`]: CLI wrappers for the system engine ([`docker`],
+//!   [`docker_ok`]) or another one ([`docker_at`]), container helpers, and
+//!   the busybox test images ([`base_image`], [`push_image`], [`push_variant`]).
+//! * [`registry`]: a private image registry on loopback ([`Registry`],
+//!   [`shared_registry`]).
+//! * [`dockerd`]: a private Docker engine for fault tests ([`PrivateDockerd`]).
+//! * [`agent`]: the `berth` binary under test ([`Agent`], [`berth`]).
+//! * [`http`]: a raw HTTP client ([`http_get`], [`http_get_json`]).
+//!
+//! Requirements on the machine: Docker on the default socket, `dockerd`,
+//! Debian's `busybox-static` (`/usr/bin/busybox`) and `docker-registry`,
+//! root (for the private engine). All network traffic stays on 127.0.0.1.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod agent;
+pub mod docker;
+pub mod dockerd;
+pub mod http;
+pub mod registry;
+pub mod util;
+
+pub use agent::{Agent, BERTH_BIN, berth, exit_code};
+pub use docker::{
+    BASE_IMAGE, base_image, container_ids_with_label, container_ids_with_label_at, copy_image_to,
+    docker, docker_at, docker_at_ok, docker_ok, image_exists, inspect_field, inspect_field_at,
+    kill_main_process, kill_main_process_at, push_image, push_variant,
+    remove_containers_with_label, remove_containers_with_label_at,
+};
+pub use dockerd::{PrivateDockerd, private_dockerd_fully_removed};
+pub use http::{HttpResponse, http_get, http_get_json, http_request};
+pub use registry::{Registry, registry_manifest_digest, shared_registry};
+pub use util::{free_port, send_signal, unique, wait_until};
