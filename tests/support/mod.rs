@@ -16,9 +16,14 @@
 //! * [`agent`]: the `berth` binary under test ([`Agent`], [`berth`]).
 //! * [`http`]: a raw HTTP client ([`http_get`], [`http_get_json`]).
 //!
+//! Set `BERTH_TEST_KEEP=1` to keep the temp dirs (logs, registry storage,
+//! engine data) of registries, private engines and agents after the tests;
+//! an agent's dir is also kept whenever its test panics.
+//!
 //! Requirements on the machine: Docker on the default socket, `dockerd`,
 //! Debian's `busybox-static` (`/usr/bin/busybox`) and `docker-registry`,
-//! root (for the private engine). All network traffic stays on 127.0.0.1.
+//! root (for the private engine). Registry and HTTP traffic stays on
+//! 127.0.0.1; containers only use the local docker0 bridge.
 
 #![allow(dead_code, unused_imports)]
 
@@ -39,4 +44,4 @@ pub use docker::{
 pub use dockerd::{PrivateDockerd, private_dockerd_fully_removed};
 pub use http::{HttpResponse, http_get, http_get_json, http_request};
 pub use registry::{Registry, registry_manifest_digest, shared_registry};
-pub use util::{free_port, send_signal, unique, wait_until};
+pub use util::{free_port, keep_artifacts, send_signal, unique, wait_until};
