@@ -1,5 +1,16 @@
-//! `berth run`: the daemon. Wires the sources, the pin, the engine, the
-//! supervisor and the status API together, and owns shutdown.
+//! `berth run`: the daemon. Wires the source of identity and desired state,
+//! the pin, the engine, the supervisor and the status API together, and
+//! owns shutdown.
+//!
+//! Two sources share every other code path:
+//! - **local**: a file stands in for IMDS and the group's tags ([`crate::local`]);
+//!   drift drains and exits with [`crate::exit::RETIRED`].
+//! - **EC2**: IMDSv2 gives the instance, the group's tags give the desired
+//!   state ([`crate::aws`]). The agent tags its instance (`berth:versions`,
+//!   `berth:state`), completes a launch lifecycle hook once every container
+//!   is running and healthy, drains when the group terminates the instance
+//!   or a spot interruption is announced, and marks the instance unhealthy
+//!   when a component stays failed.
 //!
 //! Shutdown is structured: one root [`CancellationToken`] and one
 //! [`TaskTracker`]. SIGTERM or SIGINT cancels it; every loop and every
@@ -8,33 +19,55 @@
 //! shutdown: restarting or upgrading berth causes no downtime.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{DESIRED_STATE, ENGINE_RECONNECT, random_unit};
+use crate::aws::asg::{self, Group, Hook};
+use crate::aws::ecr::Ecr;
+use crate::aws::imds::{Imds, InstanceMetadata};
+use crate::backoff::{DESIRED_STATE, ENGINE_RECONNECT, RetryPolicy, random_unit};
 use crate::desired::{self, Desired, Identity};
 use crate::local::LocalFile;
 use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::runtime::Engine;
 use crate::runtime::auth::RegistryAuth;
-use crate::status::{DriftEntry, Status};
+use crate::status::{AgentState, DriftEntry, Phase, Status};
 use crate::supervisor::{self, Exit, Handle, Supervisor};
 
 /// How long the agent waits for its own tasks after SIGTERM.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// Attempts to find this instance's group before giving up with
+/// [`crate::exit::NOT_IN_GROUP`] (1 s, 2 s, 4 s, 8 s apart: a new member can
+/// take a moment to show up in `DescribeAutoScalingInstances`).
+pub const GROUP_LOOKUP_ATTEMPTS: u32 = 5;
+/// Retrying calls to AWS from the agent's loops: 1 s … 60 s; throttling
+/// doubles the wait.
+pub const AWS_RETRY: RetryPolicy = RetryPolicy {
+    name: "aws-retry",
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+/// Where identity and desired state come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// Local mode: this file stands in for IMDS and the group's tags.
+    Local(PathBuf),
+    /// EC2: IMDSv2 and the autoscaling group.
+    Ec2,
+}
 
 /// Everything `berth run` needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub manifest: Manifest,
-    /// The local-mode file standing in for IMDS and the group's tags.
-    pub local: PathBuf,
+    pub source: SourceSpec,
     pub data_dir: PathBuf,
     pub status_addr: std::net::SocketAddr,
 }
@@ -44,8 +77,164 @@ pub struct RunOptions {
 pub enum Outcome {
     /// Stopped by a signal; containers keep running.
     Stopped,
-    /// Drift: containers were drained; the instance is to be retired.
+    /// Containers were drained; the instance is to be retired (or is being terminated).
     Retired,
+}
+
+/// This instance is not a member of any autoscaling group.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "instance {instance_id} is not in an autoscaling group (no {tag} tag in IMDS, and DescribeAutoScalingInstances knows no group); berth runs only on group members, or with --local"
+)]
+pub struct NotInGroup {
+    pub instance_id: String,
+    pub tag: &'static str,
+}
+
+/// Why containers are being drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainReason {
+    Drift,
+    Terminating,
+    Spot,
+}
+
+/// The EC2 side: IMDS, the group's APIs, and who this instance is.
+#[derive(Clone)]
+pub struct Ec2 {
+    pub imds: Imds,
+    pub group: Group,
+    pub meta: InstanceMetadata,
+    pub group_name: String,
+    pub config: aws_config::SdkConfig,
+}
+
+/// A connected source.
+#[derive(Clone)]
+pub enum Source {
+    Local(PathBuf),
+    Ec2(Box<Ec2>),
+}
+
+impl Source {
+    /// Connects the source. For EC2: reads IMDS and finds the group,
+    /// retrying while IMDS or AWS cannot be reached. `Ok(None)` if cancelled.
+    pub async fn connect(
+        spec: &SourceSpec,
+        cancel: &CancellationToken,
+        note: &(dyn Fn(String) + Sync),
+    ) -> anyhow::Result<Option<Source>> {
+        match spec {
+            SourceSpec::Local(p) => Ok(Some(Source::Local(p.clone()))),
+            SourceSpec::Ec2 => Ok(connect_ec2(cancel, note)
+                .await?
+                .map(|e| Source::Ec2(Box::new(e)))),
+        }
+    }
+
+    /// The identity and the desired state, read now.
+    pub async fn desired(&self, manifest: &Manifest) -> anyhow::Result<(Identity, Desired)> {
+        match self {
+            Source::Local(path) => {
+                let file = LocalFile::load(path)?;
+                let identity = file.identity();
+                let desired = desired::resolve(&identity, &file.tags, manifest)?;
+                Ok((identity, desired))
+            }
+            Source::Ec2(e) => {
+                let snapshot = e.group.describe(&e.group_name).await?;
+                let identity = e.identity();
+                let desired = desired::resolve(&identity, &snapshot.tags, manifest)?;
+                Ok((identity, desired))
+            }
+        }
+    }
+
+    fn poll_interval(&self, manifest: &Manifest) -> Duration {
+        match self {
+            Source::Local(_) => manifest.agent.local_poll_interval.0,
+            Source::Ec2(_) => manifest.agent.group_poll_interval.0,
+        }
+    }
+}
+
+impl Ec2 {
+    fn identity(&self) -> Identity {
+        Identity {
+            instance_id: self.meta.instance_id.clone(),
+            group: self.group_name.clone(),
+        }
+    }
+}
+
+async fn connect_ec2(
+    cancel: &CancellationToken,
+    note: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Option<Ec2>> {
+    let imds = Imds::new();
+    let mut attempt = 0;
+    let meta = loop {
+        match imds.metadata().await {
+            Ok(m) => break m,
+            Err(e) => {
+                attempt += 1;
+                let wait = DESIRED_STATE.delay(attempt, random_unit());
+                tracing::error!(error = %e, retry_in = ?wait, "cannot read instance metadata (IMDSv2); not on EC2? use --local for local mode");
+                note(format!("waiting for IMDS: {e}"));
+                if !sleep_or_cancel(cancel, wait).await {
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let config = crate::aws::sdk_config(&meta.region).await;
+    let group = Group::new(&config);
+    let group_name = match meta.group_from_tag.clone() {
+        Some(g) => g,
+        None => {
+            let mut misses = 0;
+            let mut attempt = 0;
+            loop {
+                match group.group_of(&meta.instance_id).await {
+                    Ok(Some(g)) => break g,
+                    Ok(None) => {
+                        misses += 1;
+                        if misses >= GROUP_LOOKUP_ATTEMPTS {
+                            return Err(NotInGroup {
+                                instance_id: meta.instance_id.clone(),
+                                tag: crate::aws::imds::GROUP_NAME_TAG,
+                            }
+                            .into());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot find this instance's group; retrying");
+                        note(format!("waiting for AWS: {e}"));
+                    }
+                }
+                attempt += 1;
+                if !sleep_or_cancel(cancel, AWS_RETRY.delay(attempt, random_unit())).await {
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    tracing::info!(
+        instance = %meta.instance_id,
+        group = %group_name,
+        region = %meta.region,
+        zone = %meta.availability_zone,
+        instance_type = %meta.instance_type,
+        group_from = if meta.group_from_tag.is_some() { "imds-tag" } else { "api" },
+        "identity"
+    );
+    Ok(Some(Ec2 {
+        imds,
+        group,
+        meta,
+        group_name,
+        config,
+    }))
 }
 
 /// Reads the local file and resolves it against the manifest.
@@ -59,7 +248,7 @@ pub fn resolve_local(
     Ok((identity, desired))
 }
 
-/// Runs the agent until a signal (→ [`Outcome::Stopped`]) or drift (→ [`Outcome::Retired`]).
+/// Runs the agent until a signal (→ [`Outcome::Stopped`]) or a drain (→ [`Outcome::Retired`]).
 pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -79,18 +268,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             )
         })?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let note = |m: String| {
-        status_tx.send_modify(|s| Arc::make_mut(s).message = Some(m));
+    let note_tx = status_tx.clone();
+    let note = move |m: String| {
+        note_tx.send_modify(|s| Arc::make_mut(s).message = Some(m));
     };
 
-    let auth = match RegistryAuth::default_path().map(|p| RegistryAuth::load(&p)) {
+    let Some(source) = Source::connect(&opts.source, &cancel, &note).await? else {
+        return finish(tracker, Outcome::Stopped).await;
+    };
+
+    let mut auth = match RegistryAuth::default_path().map(|p| RegistryAuth::load(&p)) {
         Some(Ok(a)) => a,
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "ignoring docker config; pulling without credentials");
+            tracing::warn!(error = %e, "ignoring docker config; pulling without its credentials");
             RegistryAuth::default()
         }
         None => RegistryAuth::default(),
     };
+    if let Source::Ec2(e) = &source {
+        auth = auth.with_tokens(Ecr::new(e.config.clone(), e.meta.region.clone()));
+    }
 
     let ns = opts.manifest.agent.namespace.clone();
     let engine = {
@@ -114,7 +311,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         }
     };
 
-    let Some(plan) = pin(&opts, &cancel, &note).await? else {
+    let Some(plan) = pin(&opts, &source, &cancel, &note).await? else {
         return finish(tracker, Outcome::Stopped).await;
     };
     tracing::info!(
@@ -131,14 +328,57 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         resync_interval: opts.manifest.agent.resync_interval.0,
         pull_attempts: opts.manifest.agent.pull_attempts,
     };
+    let status_watch = status_tx.subscribe();
     let (sup, handle) = Supervisor::new(engine, plan.clone(), settings, status_tx, cancel.clone());
-    tracker.spawn(watch_local(opts.clone(), plan, handle, cancel.clone()));
+    let reason: Arc<Mutex<Option<DrainReason>>> = Arc::default();
+    tracker.spawn(watch_desired(
+        opts.clone(),
+        source.clone(),
+        plan.clone(),
+        handle.clone(),
+        reason.clone(),
+        cancel.clone(),
+    ));
+    if let Source::Ec2(e) = &source {
+        let e = (**e).clone();
+        tracker.spawn(tag_instance(
+            e.clone(),
+            plan.versions_tag(),
+            status_watch.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(launch_hook(
+            e.clone(),
+            opts.manifest.agent.launch_timeout.0,
+            status_watch.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(escalate_health(
+            e.clone(),
+            opts.manifest.agent.unhealthy_after.0,
+            status_watch.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(watch_termination(
+            e,
+            opts.manifest.agent.lifecycle_poll_interval.0,
+            handle,
+            reason.clone(),
+            cancel.clone(),
+        ));
+    }
     let exit = sup.run(&tracker).await;
-    cancel.cancel();
     let outcome = match exit {
         Exit::Cancelled => Outcome::Stopped,
         Exit::Drained => Outcome::Retired,
     };
+    if outcome == Outcome::Retired
+        && let Source::Ec2(e) = &source
+    {
+        let why = *reason.lock().expect("drain reason lock");
+        after_drain(e, why).await;
+    }
+    cancel.cancel();
     finish(tracker, outcome).await
 }
 
@@ -166,18 +406,25 @@ async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
 /// valid). `None` if cancelled first.
 async fn pin(
     opts: &RunOptions,
+    source: &Source,
     cancel: &CancellationToken,
     note: &impl Fn(String),
 ) -> anyhow::Result<Option<Plan>> {
     let existing = Plan::load(&opts.data_dir)?;
+    // On EC2 the identity is known without reading the group.
+    if let (Source::Ec2(e), Some(p)) = (source, &existing)
+        && p.instance_id == e.meta.instance_id
+    {
+        return Ok(existing);
+    }
     let mut attempt = 0;
     loop {
-        match (resolve_local(&opts.local, &opts.manifest), &existing) {
+        match (source.desired(&opts.manifest).await, &existing) {
             (Ok((identity, _)), Some(p)) if p.instance_id == identity.instance_id => {
                 return Ok(existing);
             }
-            (Err(e), Some(p)) => {
-                tracing::warn!(error = %e, pin = %Plan::path(&opts.data_dir).display(), "desired state unreadable; running the existing pin");
+            (Err(e), Some(p)) if matches!(source, Source::Local(_)) => {
+                tracing::warn!(error = %format!("{e:#}"), pin = %Plan::path(&opts.data_dir).display(), "desired state unreadable; running the existing pin");
                 return Ok(Some(p.clone()));
             }
             (Ok((identity, desired)), existing) => {
@@ -193,11 +440,11 @@ async fn pin(
                 tracing::info!(path = %Plan::path(&opts.data_dir).display(), versions = %plan.versions_tag(), "pinned");
                 return Ok(Some(plan));
             }
-            (Err(e), None) => {
+            (Err(e), _) => {
                 attempt += 1;
                 let wait = DESIRED_STATE.delay(attempt, random_unit());
-                tracing::error!(error = %e, retry_in = ?wait, "cannot resolve the desired state; nothing is pinned yet");
-                note(format!("waiting for a valid desired state: {e}"));
+                tracing::error!(error = %format!("{e:#}"), retry_in = ?wait, "cannot resolve the desired state; nothing is pinned yet");
+                note(format!("waiting for a valid desired state: {e:#}"));
                 if !sleep_or_cancel(cancel, wait).await {
                     return Ok(None);
                 }
@@ -206,16 +453,34 @@ async fn pin(
     }
 }
 
-/// Local mode's drift watch: re-reads the file; on drift, logs it and drains.
-/// A bad file is logged (once per distinct error) and changes nothing.
-async fn watch_local(opts: RunOptions, plan: Plan, handle: Handle, cancel: CancellationToken) {
+/// Re-reads the desired state and compares it with the pin. In local mode,
+/// drift drains the instance. On EC2, drift is logged and shown; the
+/// instance keeps running what it pinned. A source that cannot be read or
+/// holds bad values is logged (once per distinct error) and changes nothing:
+/// containers keep running, nothing is retired. AWS throttling backs off.
+async fn watch_desired(
+    opts: RunOptions,
+    source: Source,
+    plan: Plan,
+    handle: Handle,
+    reason: Arc<Mutex<Option<DrainReason>>>,
+    cancel: CancellationToken,
+) {
     let pinned = plan.versions();
     let mut last: Option<Result<Vec<DriftEntry>, String>> = None;
+    let mut failures = 0u32;
     loop {
-        let now = match resolve_local(&opts.local, &opts.manifest) {
+        let read = source.desired(&opts.manifest).await;
+        let throttled = read
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<crate::aws::AwsError>())
+            .is_some_and(|e| e.throttled);
+        let now = match read {
             Ok((_, desired)) => Ok(drift_entries(&plan, &pinned, &desired)),
             Err(e) => Err(format!("{e:#}")),
         };
+        failures = if now.is_err() { failures + 1 } else { 0 };
         if last.as_ref() != Some(&now) {
             match &now {
                 Err(e) => {
@@ -227,14 +492,28 @@ async fn watch_local(opts: RunOptions, plan: Plan, handle: Handle, cancel: Cance
                     for e in d {
                         tracing::warn!(component = %e.component, pinned = %e.pinned, preferred = %e.preferred, "drift detected");
                     }
-                    handle.set_notes(Some("drift: draining for retirement".into()), d.clone());
-                    handle.drain();
-                    return;
+                    if matches!(source, Source::Local(_)) {
+                        *reason.lock().expect("drain reason lock") = Some(DrainReason::Drift);
+                        handle.set_notes(Some("drift: draining for retirement".into()), d.clone());
+                        handle.drain();
+                        return;
+                    }
+                    handle.set_notes(
+                        Some("drift: this instance keeps running its pinned versions until it is replaced".into()),
+                        d.clone(),
+                    );
                 }
             }
             last = Some(now);
         }
-        if !sleep_or_cancel(&cancel, opts.manifest.agent.local_poll_interval.0).await {
+        let base = source.poll_interval(&opts.manifest);
+        let wait = if failures > 0 {
+            let backoff = AWS_RETRY.delay(failures + u32::from(throttled), random_unit());
+            backoff.max(base)
+        } else {
+            base.mul_f64(0.9 + 0.2 * random_unit())
+        };
+        if !sleep_or_cancel(&cancel, wait).await {
             return;
         }
     }
@@ -260,6 +539,319 @@ fn drift_entries(
             preferred,
         })
         .collect()
+}
+
+/// The `berth:state` tag value for an agent state.
+pub fn state_tag(s: AgentState) -> &'static str {
+    match s {
+        AgentState::Starting => "starting",
+        AgentState::Ready => "ready",
+        AgentState::Degraded => "degraded",
+        AgentState::Draining => "draining",
+        AgentState::Retired => "retiring",
+    }
+}
+
+/// Keeps the instance's `berth:versions` and `berth:state` tags current,
+/// retrying with [`AWS_RETRY`] backoff.
+async fn tag_instance(
+    e: Ec2,
+    versions: String,
+    mut status: watch::Receiver<Arc<Status>>,
+    cancel: CancellationToken,
+) {
+    let mut tagged: Option<&'static str> = None;
+    let mut versions_done = false;
+    let mut attempt = 0;
+    loop {
+        let want = state_tag(status.borrow_and_update().state);
+        if tagged != Some(want) || !versions_done {
+            let mut tags = vec![("berth:state", want)];
+            if !versions_done {
+                tags.push(("berth:versions", versions.as_str()));
+            }
+            match e.group.tag_instance(&e.meta.instance_id, &tags).await {
+                Ok(()) => {
+                    tracing::info!(state = want, "instance tagged");
+                    tagged = Some(want);
+                    versions_done = true;
+                    attempt = 0;
+                }
+                Err(err) => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, "cannot tag the instance; retrying");
+                    if !sleep_or_cancel(
+                        &cancel,
+                        AWS_RETRY.delay(attempt + u32::from(err.throttled), random_unit()),
+                    )
+                    .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = status.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Retries an AWS call with [`AWS_RETRY`] backoff until it succeeds, `give_up` passes, or cancel.
+async fn retry_aws<T, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    give_up: Option<Instant>,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::aws::AwsError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
+                if give_up.is_some_and(|t| Instant::now() >= t) {
+                    return None;
+                }
+                if !sleep_or_cancel(
+                    cancel,
+                    AWS_RETRY.delay(attempt + u32::from(e.throttled), random_unit()),
+                )
+                .await
+                {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// With a launch lifecycle hook and this instance in `Pending:Wait`:
+/// heartbeats while the containers start, `CONTINUE` once every container
+/// is running and healthy, `ABANDON` after `timeout`.
+async fn launch_hook(
+    e: Ec2,
+    timeout: Duration,
+    mut status: watch::Receiver<Arc<Status>>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let Some(hooks) = retry_aws("DescribeLifecycleHooks", &cancel, Some(deadline), || {
+        e.group.hooks(&e.group_name)
+    })
+    .await
+    else {
+        return;
+    };
+    let Some(hook) = hooks.into_iter().find(|h| h.transition == asg::LAUNCHING) else {
+        tracing::debug!("no launch lifecycle hook");
+        return;
+    };
+    let Some(snapshot) = retry_aws("DescribeAutoScalingGroups", &cancel, Some(deadline), || {
+        e.group.describe(&e.group_name)
+    })
+    .await
+    else {
+        return;
+    };
+    let state = snapshot
+        .member(&e.meta.instance_id)
+        .map(|m| m.lifecycle_state.clone())
+        .unwrap_or_default();
+    if state != "Pending:Wait" {
+        tracing::info!(hook = %hook.name, lifecycle_state = %state, "launch hook not waiting for this instance");
+        return;
+    }
+    tracing::info!(hook = %hook.name, timeout = ?timeout, "launch hook waits for every container to be running and healthy");
+    let beat_every = Duration::from_secs((hook.heartbeat_timeout_secs.max(30) / 3) as u64);
+    let mut last_beat = Instant::now();
+    let result = loop {
+        if status.borrow_and_update().state == AgentState::Ready {
+            break "CONTINUE";
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::error!(timeout = ?timeout, "containers not ready in time; abandoning the launch");
+            break "ABANDON";
+        }
+        if now >= last_beat + beat_every {
+            if let Err(err) = e
+                .group
+                .heartbeat(&e.group_name, &hook.name, &e.meta.instance_id)
+                .await
+            {
+                tracing::warn!(error = %err, "lifecycle heartbeat failed");
+            }
+            last_beat = now;
+        }
+        let next = (last_beat + beat_every).min(deadline);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = status.changed() => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    };
+    let hook_name = hook.name.clone();
+    if retry_aws(
+        "CompleteLifecycleAction",
+        &cancel,
+        Some(Instant::now() + Duration::from_secs(120)),
+        || {
+            e.group.complete_lifecycle_action(
+                &e.group_name,
+                &hook_name,
+                &e.meta.instance_id,
+                result,
+            )
+        },
+    )
+    .await
+    .is_some()
+    {
+        tracing::info!(hook = %hook.name, result, waited = ?started.elapsed(), "launch lifecycle action completed");
+    }
+}
+
+/// Marks the instance `Unhealthy` once some component has been failed for `after`.
+async fn escalate_health(
+    e: Ec2,
+    after: Option<Duration>,
+    mut status: watch::Receiver<Arc<Status>>,
+    cancel: CancellationToken,
+) {
+    let Some(after) = after else { return };
+    let mut failed_since: Option<Instant> = None;
+    loop {
+        let failed: Vec<String> = status
+            .borrow_and_update()
+            .components
+            .iter()
+            .filter(|c| c.state == Phase::Failed)
+            .map(|c| c.name.clone())
+            .collect();
+        failed_since = if failed.is_empty() {
+            None
+        } else {
+            failed_since.or(Some(Instant::now()))
+        };
+        if let Some(since) = failed_since
+            && since.elapsed() >= after
+        {
+            tracing::error!(components = %failed.join(","), failed_for = ?since.elapsed(), "marking this instance Unhealthy so the group replaces it");
+            if retry_aws("SetInstanceHealth", &cancel, None, || {
+                e.group.set_unhealthy(&e.meta.instance_id)
+            })
+            .await
+            .is_some()
+            {
+                tracing::error!("instance marked Unhealthy");
+            }
+            return;
+        }
+        let wake = failed_since.map_or(Duration::from_secs(3600), |s| {
+            (s + after).saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = status.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+/// Polls IMDS for the group terminating this instance or a spot
+/// interruption notice; either drains the containers. IMDS errors change
+/// nothing.
+async fn watch_termination(
+    e: Ec2,
+    every: Duration,
+    handle: Handle,
+    reason: Arc<Mutex<Option<DrainReason>>>,
+    cancel: CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        let target = e.imds.target_lifecycle_state().await;
+        let spot = e.imds.spot_instance_action().await;
+        let why = match (&target, &spot) {
+            (Ok(Some(t)), _) if t == "Terminated" => Some(DrainReason::Terminating),
+            (_, Ok(Some(_))) => Some(DrainReason::Spot),
+            (Err(err), _) | (_, Err(err)) => {
+                if !warned {
+                    tracing::warn!(error = %err, "cannot read the lifecycle state from IMDS; not draining");
+                    warned = true;
+                }
+                None
+            }
+            _ => {
+                warned = false;
+                None
+            }
+        };
+        if let Some(why) = why {
+            tracing::warn!(reason = ?why, spot = ?spot.ok().flatten(), "the instance is going away: draining");
+            *reason.lock().expect("drain reason lock") = Some(why);
+            if let Err(err) = e
+                .group
+                .tag_instance(&e.meta.instance_id, &[("berth:state", "draining")])
+                .await
+            {
+                tracing::warn!(error = %err, "cannot tag the instance draining");
+            }
+            handle.set_notes(Some(format!("draining: {why:?}")), Vec::new());
+            handle.drain();
+            return;
+        }
+        if !sleep_or_cancel(&cancel, every).await {
+            return;
+        }
+    }
+}
+
+/// After a drain on EC2: completes the terminating lifecycle hook, if the group has one.
+async fn after_drain(e: &Ec2, why: Option<DrainReason>) {
+    if !matches!(
+        why,
+        Some(DrainReason::Terminating) | Some(DrainReason::Spot)
+    ) {
+        return;
+    }
+    let cancel = CancellationToken::new();
+    let give_up = Some(Instant::now() + Duration::from_secs(60));
+    let Some(hooks) = retry_aws("DescribeLifecycleHooks", &cancel, give_up, || {
+        e.group.hooks(&e.group_name)
+    })
+    .await
+    else {
+        return;
+    };
+    let terminating: Vec<Hook> = hooks
+        .into_iter()
+        .filter(|h| h.transition == asg::TERMINATING)
+        .collect();
+    for hook in terminating {
+        if retry_aws("CompleteLifecycleAction", &cancel, give_up, || {
+            e.group.complete_lifecycle_action(
+                &e.group_name,
+                &hook.name,
+                &e.meta.instance_id,
+                "CONTINUE",
+            )
+        })
+        .await
+        .is_some()
+        {
+            tracing::info!(hook = %hook.name, "terminating lifecycle action completed");
+        }
+    }
 }
 
 async fn on_signal(cancel: CancellationToken) {

@@ -8,9 +8,13 @@
 //!
 //! - The fleet manifest (`/etc/berth/berth.toml`): agent settings and, per
 //!   cluster, the fixed container set ([`manifest`]).
-//! - The instance identity and the group's tags. In local mode a small file
-//!   stands in for both ([`local`]); tags give the cluster and the preferred
-//!   versions ([`desired`]).
+//! - The instance identity: IMDSv2 (instance id, region, zone, type, the
+//!   `aws:autoscaling:groupName` tag) or, without instance-metadata tags,
+//!   `DescribeAutoScalingInstances` ([`aws`]). In local mode a small file
+//!   stands in for IMDS and the group ([`local`]).
+//! - The group's tags (`DescribeAutoScalingGroups`): the cluster and the
+//!   preferred versions ([`desired`]); its lifecycle hooks; IMDS's
+//!   `autoscaling/target-lifecycle-state` and `spot/instance-action`.
 //! - The pin in the data directory (`/var/lib/berth/pin.json`), once written
 //!   ([`plan`]).
 //! - The Docker engine's state and event stream ([`runtime`]).
@@ -21,8 +25,10 @@
 //!   creates, starts, restarts, replaces and (on retirement) stops them.
 //!   Never any other container.
 //! - The pin, written once per instance.
-//! - The instance's life: on drift it drains and exits with [`exit::RETIRED`]
-//!   (on EC2, it terminates itself in its group).
+//! - EC2: its own instance's tags `berth:versions` and `berth:state`; the
+//!   group's launch and terminating lifecycle actions (completed); its own
+//!   health in the group (`Unhealthy` when a component stays failed).
+//! - Local mode: on drift it drains and exits with [`exit::RETIRED`].
 //!
 //! Stopping the agent (SIGTERM/SIGINT) never stops the containers.
 //!
@@ -33,10 +39,11 @@
 //! | 0 ([`exit::OK`]) | stopped by a signal; or a command succeeded |
 //! | 1 ([`exit::FAILURE`]) | unexpected failure (e.g. the status address is in use) |
 //! | 2 ([`exit::USAGE`]) | bad command line |
-//! | 3 ([`exit::RETIRED`]) | drift: containers drained, the instance is to be retired |
+//! | 3 ([`exit::RETIRED`]) | containers drained: drift (local mode), or the group is terminating the instance |
+//! | 4 ([`exit::NOT_IN_GROUP`]) | EC2: the instance is not in an autoscaling group |
 //! | 78 ([`exit::CONFIG`]) | invalid manifest, local file or pin: fix the configuration |
 //!
-//! The systemd unit lists 3 and 78 in `RestartPreventExitStatus=`.
+//! The systemd unit lists 3, 4 and 78 in `RestartPreventExitStatus=`.
 //!
 //! # Layout
 //!
@@ -50,10 +57,12 @@
 //! | [`runtime`] | the Docker engine adapter (the only user of bollard) and registry credentials |
 //! | [`supervisor`] | keeps the pinned containers running: events, decisions, actions, drain |
 //! | [`status`] | the status model, the loopback HTTP API, `berth status` |
-//! | [`agent`] | `berth run`: wiring, pinning, drift watch, shutdown |
+//! | [`aws`] | the AWS adapters (the only users of the AWS SDK): SDK config, IMDS, the group, ECR |
+//! | [`agent`] | `berth run`: sources, pinning, drift watch, EC2 lifecycle, shutdown |
 //! | [`telemetry`] | logging setup |
 
 pub mod agent;
+pub mod aws;
 pub mod backoff;
 pub mod desired;
 pub mod local;
@@ -74,6 +83,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Drift: containers drained; the instance is to be retired.
     pub const RETIRED: u8 = 3;
+    /// EC2: the instance is not a member of an autoscaling group.
+    pub const NOT_IN_GROUP: u8 = 4;
     /// Invalid manifest, local file or pin (sysexits' `EX_CONFIG`).
     pub const CONFIG: u8 = 78;
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use berth::agent::{self, Outcome, RunOptions};
+use berth::agent::{self, Outcome, RunOptions, Source, SourceSpec};
 use berth::exit;
 use berth::manifest::{self, LogFormat, Manifest};
 use berth::plan::Plan;
@@ -35,15 +35,17 @@ struct ConfigArg {
 enum Command {
     /// Run the agent: pin, pull, start and supervise the containers (the systemd service).
     ///
-    /// Stopping the agent never stops the containers. Exit codes: 0 stopped by
-    /// a signal, 3 drained for retirement (drift), 78 bad configuration.
+    /// Without --local it runs on EC2: identity from IMDSv2, desired state
+    /// from the autoscaling group's tags. Stopping the agent never stops the
+    /// containers. Exit codes: 0 stopped by a signal, 3 drained (retirement or
+    /// termination), 4 not in an autoscaling group, 78 bad configuration.
     Run {
         #[command(flatten)]
         config: ConfigArg,
         /// Local mode: FILE stands in for the instance identity and the group's
         /// tags (instance_id, group, [tags]); it is re-read while running.
         #[arg(long, value_name = "FILE")]
-        local: PathBuf,
+        local: Option<PathBuf>,
         /// Where the pin is kept (default: the manifest's agent.data_dir).
         #[arg(long, env = "BERTH_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -64,13 +66,13 @@ enum Command {
     /// Show what would run here, resolved, without starting anything.
     ///
     /// Shows the existing pin when there is one for this instance; otherwise
-    /// what would be pinned now.
+    /// what would be pinned now. Without --local it asks IMDS and the group.
     Plan {
         #[command(flatten)]
         config: ConfigArg,
         /// Local-mode file (identity and tags).
         #[arg(long, value_name = "FILE")]
-        local: PathBuf,
+        local: Option<PathBuf>,
         /// Where the pin is kept (default: the manifest's agent.data_dir).
         #[arg(long, env = "BERTH_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -118,15 +120,10 @@ fn main() -> ExitCode {
             let opts = RunOptions {
                 data_dir: data_dir.unwrap_or_else(|| manifest.agent.data_dir.clone()),
                 manifest,
-                local,
+                source: local.map_or(SourceSpec::Ec2, SourceSpec::Local),
                 status_addr,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(agent::run(opts)) {
+            match runtime().block_on(agent::run(opts)) {
                 Ok(Outcome::Stopped) => ExitCode::from(exit::OK),
                 Ok(Outcome::Retired) => {
                     tracing::info!(code = exit::RETIRED, "retired: exiting");
@@ -136,6 +133,8 @@ fn main() -> ExitCode {
                     tracing::error!("{e:#}");
                     if e.is::<berth::plan::PinError>() {
                         ExitCode::from(exit::CONFIG)
+                    } else if e.is::<agent::NotInGroup>() {
+                        ExitCode::from(exit::NOT_IN_GROUP)
                     } else {
                         ExitCode::from(exit::FAILURE)
                     }
@@ -148,7 +147,7 @@ fn main() -> ExitCode {
             local,
             data_dir,
             json,
-        } => plan(&config.config, &local, data_dir, json),
+        } => plan(&config.config, local, data_dir, json),
         Command::Status { addr, config, json } => status(addr, &config.config, json),
     }
 }
@@ -191,7 +190,15 @@ fn validate(config: &Path, local: Option<&Path>) -> ExitCode {
     ExitCode::from(exit::OK)
 }
 
-fn plan(config: &Path, local: &Path, data_dir: Option<PathBuf>, json: bool) -> ExitCode {
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn plan(config: &Path, local: Option<PathBuf>, data_dir: Option<PathBuf>, json: bool) -> ExitCode {
     let m = match Manifest::load(config) {
         Ok(m) => m,
         Err(e) => {
@@ -200,11 +207,27 @@ fn plan(config: &Path, local: &Path, data_dir: Option<PathBuf>, json: bool) -> E
         }
     };
     let data_dir = data_dir.unwrap_or_else(|| m.agent.data_dir.clone());
-    let (identity, desired) = match agent::resolve_local(local, &m) {
+    let spec = local.map_or(SourceSpec::Ec2, SourceSpec::Local);
+    let resolved = runtime().block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ec2 = matches!(spec, SourceSpec::Ec2);
+        if ec2 {
+            // One attempt: a command line tool should not wait for IMDS.
+            cancel.cancel();
+        }
+        let source = Source::connect(&spec, &cancel, &|m: String| eprintln!("{m}")).await?;
+        let source = source.ok_or_else(|| anyhow::anyhow!("cannot identify this instance from IMDS and its group: not on EC2? use --local FILE"))?;
+        source.desired(&m).await
+    });
+    let (identity, desired) = match resolved {
         Ok(x) => x,
         Err(e) => {
             eprintln!("invalid: {e:#}");
-            return ExitCode::from(exit::CONFIG);
+            return ExitCode::from(if e.is::<agent::NotInGroup>() {
+                exit::NOT_IN_GROUP
+            } else {
+                exit::CONFIG
+            });
         }
     };
     let pinned = match Plan::load(&data_dir) {
@@ -270,11 +293,7 @@ fn status(addr: Option<String>, config: &Path, json: bool) -> ExitCode {
             .map(|m| m.agent.status_addr)
             .unwrap_or_else(|_| manifest::DEFAULT_STATUS_ADDR.to_string())
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(berth::status::fetch(&addr)) {
+    match runtime().block_on(berth::status::fetch(&addr)) {
         Ok(s) if json => {
             println!(
                 "{}",

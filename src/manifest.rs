@@ -162,6 +162,45 @@ pub struct AgentSettings {
     pub local_poll_interval: Dur,
     /// Attempts per image pull before the pull is reported failed (and retried later).
     pub pull_attempts: u32,
+    /// EC2: how often the group's tags are read for drift (± jitter).
+    pub group_poll_interval: Dur,
+    /// EC2: how often IMDS is asked whether the group is terminating this
+    /// instance (`autoscaling/target-lifecycle-state`) or a spot interruption
+    /// notice was issued.
+    pub lifecycle_poll_interval: Dur,
+    /// EC2: with a launch lifecycle hook, `ABANDON` it if the containers are
+    /// not all running and healthy within this time.
+    pub launch_timeout: Dur,
+    /// EC2: mark the instance `Unhealthy` in its group once a component has
+    /// been `failed` this long; `"off"` never does.
+    pub unhealthy_after: OffOr,
+}
+
+/// A duration, or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct OffOr(pub Option<Duration>);
+
+impl From<OffOr> for String {
+    fn from(d: OffOr) -> String {
+        d.0.map_or("off".to_string(), |d| {
+            humantime::format_duration(d).to_string()
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for OffOr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "off" {
+            return Ok(OffOr(None));
+        }
+        humantime::parse_duration(s.trim())
+            .map(|d| OffOr(Some(d)))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("invalid duration {s:?}: {e} (or \"off\")"))
+            })
+    }
 }
 
 impl Default for AgentSettings {
@@ -174,6 +213,10 @@ impl Default for AgentSettings {
             resync_interval: Dur(Duration::from_secs(30)),
             local_poll_interval: Dur(Duration::from_secs(2)),
             pull_attempts: 5,
+            group_poll_interval: Dur(Duration::from_secs(30)),
+            lifecycle_poll_interval: Dur(Duration::from_secs(5)),
+            launch_timeout: Dur(Duration::from_secs(15 * 60)),
+            unhealthy_after: OffOr(Some(Duration::from_secs(60))),
         }
     }
 }
@@ -192,6 +235,21 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub containers: Vec<ContainerSpec>,
+}
+
+/// How a container's image registry is authenticated (`registry_auth` in the manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryAuthMode {
+    /// ECR tokens for ECR hosts (`<account>.dkr.ecr.<region>.amazonaws.com`), else docker's config.json.
+    #[default]
+    Auto,
+    /// ECR tokens whatever the host (ECR behind another name).
+    Ecr,
+    /// docker's config.json only.
+    Docker,
+    /// Anonymous.
+    None,
 }
 
 /// Image pull policy.
@@ -214,6 +272,10 @@ pub struct ContainerSpec {
     pub image: String,
     #[serde(default)]
     pub pull: PullPolicy,
+    /// Where pull credentials come from: `auto` (ECR tokens for ECR hosts,
+    /// else docker's config.json), `ecr`, `docker`, `none`.
+    #[serde(default, skip_serializing_if = "is_default_auth")]
+    pub registry_auth: RegistryAuthMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +313,9 @@ pub struct ContainerSpec {
     pub restart: RestartPolicy,
 }
 
+fn is_default_auth(m: &RegistryAuthMode) -> bool {
+    *m == RegistryAuthMode::Auto
+}
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -394,6 +459,12 @@ impl Manifest {
         }
         if a.local_poll_interval.0 < Duration::from_millis(100) {
             errs.push("agent.local_poll_interval", "must be at least 100ms");
+        }
+        if a.group_poll_interval.0 < Duration::from_secs(1) {
+            errs.push("agent.group_poll_interval", "must be at least 1s");
+        }
+        if a.lifecycle_poll_interval.0 < Duration::from_millis(100) {
+            errs.push("agent.lifecycle_poll_interval", "must be at least 100ms");
         }
         if a.pull_attempts == 0 {
             errs.push("agent.pull_attempts", "must be at least 1");

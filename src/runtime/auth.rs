@@ -5,11 +5,20 @@
 //! (base64 `user:password`), `username`/`password` or `identitytoken` are
 //! used; credential helpers (`credsStore`, `credHelpers`) are not run, and a
 //! warning says so.
+//!
+//! Registries that hand out short-lived tokens (ECR) plug in through
+//! [`TokenSource`]; which source serves an image is decided per container by
+//! its `registry_auth` mode ([`RegistryAuthMode`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use base64::Engine as _;
+
+pub use crate::manifest::RegistryAuthMode;
 use serde::Deserialize;
 
 /// Credentials for one registry.
@@ -21,10 +30,48 @@ pub struct Credentials {
     pub identity_token: Option<String>,
 }
 
-/// Credentials by registry host (`registry.example.com:5000`, `docker.io`).
-#[derive(Debug, Clone, Default)]
+/// A source of short-lived registry credentials (ECR tokens).
+pub trait TokenSource: Send + Sync {
+    /// Credentials for the registry at `host`.
+    fn credentials<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Credentials, String>> + Send + 'a>>;
+}
+
+/// Credentials by registry host (`registry.example.com:5000`, `docker.io`),
+/// plus an optional token source for ECR.
+#[derive(Clone, Default)]
 pub struct RegistryAuth {
     by_host: BTreeMap<String, Credentials>,
+    tokens: Option<Arc<dyn TokenSource>>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .field("tokens", &self.tokens.is_some())
+            .finish()
+    }
+}
+
+/// The region of an ECR registry host, e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com`.
+pub fn ecr_region(host: &str) -> Option<&str> {
+    let mut parts = host.split('.');
+    let account = parts.next()?;
+    let ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    let (dkr, ecr) = (parts.next()?, parts.next()?);
+    if !ok || dkr != "dkr" || !ecr.starts_with("ecr") {
+        return None;
+    }
+    let region = parts.next()?;
+    let rest: Vec<&str> = parts.collect();
+    matches!(
+        rest.as_slice(),
+        ["amazonaws", "com"] | ["amazonaws", "com", "cn"]
+    )
+    .then_some(region)
 }
 
 #[derive(Deserialize, Default)]
@@ -107,7 +154,40 @@ impl RegistryAuth {
                 },
             );
         }
-        Ok(RegistryAuth { by_host })
+        Ok(RegistryAuth {
+            by_host,
+            tokens: None,
+        })
+    }
+
+    /// Adds a token source (ECR) for hosts that need one.
+    pub fn with_tokens(mut self, tokens: Arc<dyn TokenSource>) -> RegistryAuth {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The credentials to pull `image` with, by `mode`; `None` means anonymous.
+    pub async fn credentials(
+        &self,
+        image: &str,
+        mode: RegistryAuthMode,
+    ) -> Result<Option<Credentials>, String> {
+        let host = registry_host(image);
+        let ecr = match mode {
+            RegistryAuthMode::None => return Ok(None),
+            RegistryAuthMode::Docker => false,
+            RegistryAuthMode::Ecr => true,
+            RegistryAuthMode::Auto => ecr_region(&host).is_some() && self.tokens.is_some(),
+        };
+        if !ecr {
+            return Ok(self.for_image(image).cloned());
+        }
+        match &self.tokens {
+            Some(t) => t.credentials(&host).await.map(Some),
+            None => Err(format!(
+                "registry_auth = \"ecr\" for {host} needs AWS (EC2 mode)"
+            )),
+        }
     }
 
     /// Credentials for the registry that serves `image`, if any.
@@ -180,6 +260,98 @@ mod tests {
                 .unwrap()
                 .for_image("x/y:1")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn ecr_hosts() {
+        assert_eq!(
+            ecr_region("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            ecr_region("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            ecr_region("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"),
+            Some("cn-north-1")
+        );
+        assert_eq!(ecr_region("public.ecr.aws"), None);
+        assert_eq!(ecr_region("127.0.0.1:5000"), None);
+        assert_eq!(ecr_region("12345.dkr.ecr.eu-west-1.amazonaws.com"), None);
+    }
+
+    struct Fixed;
+    impl TokenSource for Fixed {
+        fn credentials<'a>(
+            &'a self,
+            host: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<Credentials, String>> + Send + 'a>> {
+            Box::pin(async move {
+                Ok(Credentials {
+                    server: host.to_string(),
+                    username: Some("AWS".into()),
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn modes_choose_the_source() {
+        let cfg = r#"{"auths": {"127.0.0.1:5000": {"auth": "dXNlcjpwYXNz"}}}"#;
+        let plain = RegistryAuth::parse(cfg).unwrap();
+        let with = plain.clone().with_tokens(Arc::new(Fixed));
+        let ecr_img = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:1";
+        let user = |c: Option<Credentials>| c.and_then(|c| c.username);
+        assert_eq!(
+            user(
+                with.credentials(ecr_img, RegistryAuthMode::Auto)
+                    .await
+                    .unwrap()
+            )
+            .as_deref(),
+            Some("AWS")
+        );
+        assert_eq!(
+            user(
+                plain
+                    .credentials(ecr_img, RegistryAuthMode::Auto)
+                    .await
+                    .unwrap()
+            ),
+            None
+        );
+        assert!(
+            plain
+                .credentials("127.0.0.1:5000/web:1", RegistryAuthMode::Ecr)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            user(
+                with.credentials("127.0.0.1:5000/web:1", RegistryAuthMode::Ecr)
+                    .await
+                    .unwrap()
+            )
+            .as_deref(),
+            Some("AWS")
+        );
+        assert_eq!(
+            user(
+                with.credentials("127.0.0.1:5000/web:1", RegistryAuthMode::Auto)
+                    .await
+                    .unwrap()
+            )
+            .as_deref(),
+            Some("user")
+        );
+        assert_eq!(
+            with.credentials("127.0.0.1:5000/web:1", RegistryAuthMode::None)
+                .await
+                .unwrap(),
+            None
         );
     }
 

@@ -110,7 +110,7 @@ impl Engine {
             loop {
                 attempt += 1;
                 tracing::info!(attempt, "pulling image");
-                match self.pull(&reference).await {
+                match self.pull(&reference, c.spec.registry_auth).await {
                     Ok(()) => break,
                     Err(message) if attempt >= attempts => {
                         return Err(EngineError::Pull {
@@ -145,19 +145,27 @@ impl Engine {
         Ok((id, digest))
     }
 
-    async fn pull(&self, reference: &str) -> Result<(), String> {
+    async fn pull(
+        &self,
+        reference: &str,
+        mode: super::auth::RegistryAuthMode,
+    ) -> Result<(), String> {
         let (from, tag) = split_reference(reference);
         let mut opts = CreateImageOptionsBuilder::default().from_image(from);
         if let Some(t) = tag {
             opts = opts.tag(t);
         }
-        let creds = self.auth.for_image(reference).map(|c| DockerCredentials {
-            username: c.username.clone(),
-            password: c.password.clone(),
-            serveraddress: Some(c.server.clone()),
-            identitytoken: c.identity_token.clone(),
-            ..Default::default()
-        });
+        let creds = self
+            .auth
+            .credentials(reference, mode)
+            .await?
+            .map(|c| DockerCredentials {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                serveraddress: Some(c.server.clone()),
+                identitytoken: c.identity_token.clone(),
+                ..Default::default()
+            });
         self.docker
             .create_image(Some(opts.build()), None, creds)
             .try_for_each(|_| async { Ok(()) })

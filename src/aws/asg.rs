@@ -1,0 +1,231 @@
+//! The autoscaling group and this instance's EC2 tags.
+//!
+//! One `DescribeAutoScalingGroups` call returns the group's tags (cluster,
+//! preferred versions, rollout settings) and every member's lifecycle state
+//! and health: one snapshot for "what should I run" and, later, "may I
+//! retire now".
+
+use std::collections::BTreeMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_autoscaling::Client as AsgClient;
+use aws_sdk_ec2::Client as Ec2Client;
+
+use super::AwsError;
+
+/// Lifecycle transition of launch hooks.
+pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
+/// Lifecycle transition of terminate hooks.
+pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
+/// One member of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub instance_id: String,
+    /// `Pending`, `Pending:Wait`, `InService`, `Terminating:Wait`, …
+    pub lifecycle_state: String,
+    /// `Healthy` or `Unhealthy`.
+    pub health_status: String,
+}
+
+/// The group at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub desired_capacity: i32,
+    pub members: Vec<Member>,
+}
+
+impl GroupSnapshot {
+    /// This instance's membership, if it is a member.
+    pub fn member(&self, instance_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.instance_id == instance_id)
+    }
+}
+
+/// A lifecycle hook of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    pub transition: String,
+    /// Seconds the group waits for a heartbeat or completion.
+    pub heartbeat_timeout_secs: i32,
+}
+
+/// The Auto Scaling and EC2 APIs, as berth uses them.
+#[derive(Clone)]
+pub struct Group {
+    asg: AsgClient,
+    ec2: Ec2Client,
+}
+
+impl Group {
+    /// Clients from the shared configuration.
+    pub fn new(config: &SdkConfig) -> Group {
+        Group {
+            asg: AsgClient::new(config),
+            ec2: Ec2Client::new(config),
+        }
+    }
+
+    /// The group this instance belongs to, from `DescribeAutoScalingInstances`.
+    pub async fn group_of(&self, instance_id: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .asg
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DescribeAutoScalingInstances", instance_id, e))?;
+        Ok(out
+            .auto_scaling_instances()
+            .iter()
+            .find_map(|i| i.auto_scaling_group_name().map(str::to_string)))
+    }
+
+    /// One snapshot of the group: tags, desired capacity, members.
+    pub async fn describe(&self, group: &str) -> Result<GroupSnapshot, AwsError> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DescribeAutoScalingGroups", group, e))?;
+        let g = out
+            .auto_scaling_groups()
+            .iter()
+            .find(|g| g.auto_scaling_group_name() == Some(group))
+            .ok_or_else(|| AwsError::new("DescribeAutoScalingGroups", group, "no such group"))?;
+        Ok(GroupSnapshot {
+            name: group.to_string(),
+            tags: g
+                .tags()
+                .iter()
+                .filter_map(|t| {
+                    Some((
+                        t.key()?.to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect(),
+            desired_capacity: g.desired_capacity().unwrap_or(0),
+            members: g
+                .instances()
+                .iter()
+                .filter_map(|i| {
+                    Some(Member {
+                        instance_id: i.instance_id()?.to_string(),
+                        lifecycle_state: i
+                            .lifecycle_state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                        health_status: i.health_status().unwrap_or_default().to_string(),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// The group's lifecycle hooks.
+    pub async fn hooks(&self, group: &str) -> Result<Vec<Hook>, AwsError> {
+        let out = self
+            .asg
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DescribeLifecycleHooks", group, e))?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .filter_map(|h| {
+                Some(Hook {
+                    name: h.lifecycle_hook_name()?.to_string(),
+                    transition: h.lifecycle_transition()?.to_string(),
+                    heartbeat_timeout_secs: h.heartbeat_timeout().unwrap_or(3600),
+                })
+            })
+            .collect())
+    }
+
+    /// Completes a lifecycle action with `CONTINUE` or `ABANDON`.
+    pub async fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+        result: &str,
+    ) -> Result<(), AwsError> {
+        self.asg
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance_id)
+            .lifecycle_action_result(result)
+            .send()
+            .await
+            .map_err(|e| {
+                AwsError::sdk(
+                    "CompleteLifecycleAction",
+                    format!("{group}/{hook}/{instance_id}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Extends the lifecycle hook's timeout.
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+    ) -> Result<(), AwsError> {
+        self.asg
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                AwsError::sdk(
+                    "RecordLifecycleActionHeartbeat",
+                    format!("{group}/{hook}/{instance_id}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Marks the instance unhealthy: the group replaces it.
+    pub async fn set_unhealthy(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.asg
+            .set_instance_health()
+            .instance_id(instance_id)
+            .health_status("Unhealthy")
+            .should_respect_grace_period(false)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SetInstanceHealth", instance_id, e))?;
+        Ok(())
+    }
+
+    /// Sets tags on the instance (EC2 `CreateTags` overwrites existing keys).
+    pub async fn tag_instance(
+        &self,
+        instance_id: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<(), AwsError> {
+        let mut req = self.ec2.create_tags().resources(instance_id);
+        for (k, v) in tags {
+            req = req.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+        }
+        req.send()
+            .await
+            .map_err(|e| AwsError::sdk("CreateTags", instance_id, e))?;
+        Ok(())
+    }
+}
