@@ -460,7 +460,13 @@ impl Supervisor {
         c.failures += 1;
         let delay = restart_delay(&policy, c.failures, random_unit());
         c.not_before = (!delay.is_zero()).then(|| Instant::now() + delay);
-        tracing::warn!(component = %c.spec.name, reason = why, failures = c.failures, restart_in = ?delay, "component failed");
+        tracing::warn!(
+            component = %c.spec.name,
+            reason = why,
+            failures = c.failures,
+            restart_in_ms = delay.as_millis() as u64,
+            "component failed"
+        );
         if c.failures >= policy.failure_budget && !c.failed {
             c.failed = true;
             tracing::error!(

@@ -8,119 +8,9 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use serde_json::Value;
+use support::fixture::{Fx, LONG, comp};
 use support::*;
-
-const LONG: Duration = Duration::from_secs(90);
-
-/// One test's world: manifest, local file, data dir, status address.
-struct Fx {
-    ns: String,
-    dir: tempfile::TempDir,
-    status_addr: String,
-}
-
-impl Fx {
-    /// `containers` is the TOML of `[[clusters.web.containers]]` entries;
-    /// `agent_extra` adds lines to `[agent]`.
-    fn new(containers: &str, agent_extra: &str, version: &str) -> Fx {
-        let ns = unique("t");
-        let dir = tempfile::Builder::new()
-            .prefix("berth-it-")
-            .tempdir()
-            .expect("temp dir");
-        let status_addr = format!("127.0.0.1:{}", free_port());
-        let fx = Fx {
-            ns,
-            dir,
-            status_addr,
-        };
-        fx.write_manifest(containers, agent_extra);
-        fx.write_local(&format!(
-            "instance_id = \"i-{}\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"{version}\"\n",
-            fx.ns
-        ));
-        fx
-    }
-
-    fn write_manifest(&self, containers: &str, agent_extra: &str) {
-        let m = format!(
-            "[agent]\nnamespace = \"{}\"\nstatus_addr = \"{}\"\ndata_dir = \"{}\"\n{agent_extra}\n\n[clusters.web]\n{containers}\n",
-            self.ns,
-            self.status_addr,
-            self.data_dir().display()
-        );
-        std::fs::write(self.manifest(), m).expect("write manifest");
-    }
-
-    fn write_local(&self, text: &str) {
-        // Write-then-rename so the agent never reads a half-written file.
-        let tmp = self.dir.path().join("local.toml.tmp");
-        std::fs::write(&tmp, text).expect("write local file");
-        std::fs::rename(&tmp, self.local()).expect("rename local file");
-    }
-
-    fn manifest(&self) -> PathBuf {
-        self.dir.path().join("berth.toml")
-    }
-    fn local(&self) -> PathBuf {
-        self.dir.path().join("local.toml")
-    }
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-    fn label(&self) -> String {
-        format!("berth.namespace={}", self.ns)
-    }
-    fn name(&self, component: &str) -> String {
-        format!("{}-{component}", self.ns)
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "run".into(),
-            "--config".into(),
-            self.manifest().display().to_string(),
-            "--local".into(),
-            self.local().display().to_string(),
-        ]
-    }
-
-    fn agent(&self, envs: &[(&str, &str)]) -> Agent {
-        let args = self.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::spawn(&args, envs)
-    }
-
-    fn status(&self) -> Option<Value> {
-        http_get_json(&self.status_addr, "/status")
-    }
-
-    /// Waits until `/status` satisfies `pred`; returns that status.
-    fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_until(what, LONG, || self.status().filter(|s| pred(s)))
-    }
-
-    fn wait_ready(&self) -> Value {
-        self.wait_status("agent ready", |s| s["state"] == "ready")
-    }
-}
-
-impl Drop for Fx {
-    fn drop(&mut self) {
-        remove_containers_with_label(&self.label());
-    }
-}
-
-fn comp<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["components"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .unwrap_or_else(|| panic!("no component {name} in {s}"))
-}
 
 fn running_forever() -> &'static str {
     r#"command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#
@@ -350,7 +240,7 @@ restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", fai
         "",
         "base",
     );
-    let _agent = fx.agent(&[]);
+    let agent = fx.agent(&[("BERTH_LOG_FORMAT", "json")]);
     let s = fx.wait_status("crashy failed", |s| comp(s, "crashy")["state"] == "failed");
     let c = comp(&s, "crashy");
     assert!(c["failures"].as_u64().unwrap() >= 5, "{c}");
@@ -366,7 +256,19 @@ restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", fai
         vec![id.clone()],
         "a crash loop leaves one container"
     );
-    // The gaps between starts grow: immediate, then 0.5 s, 1 s, 2 s, 3 s (±10 %).
+    // The schedule the agent decided: immediate, then 0.5 s, 1 s, 2 s, 3 s (cap), ±10 % jitter.
+    let decided: Vec<u64> = agent
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "component failed" && v["component"] == "crashy")
+        .map(|v| v["restart_in_ms"].as_u64().expect("restart_in_ms"))
+        .collect();
+    assert!(decided.len() >= 5, "{decided:?}");
+    for (got, want) in decided.iter().zip([0u64, 500, 1000, 2000, 3000, 3000]) {
+        assert!(got.abs_diff(want) <= want / 10, "schedule {decided:?}");
+    }
+    // And it waited at least that long each time (a lower bound holds under any load).
     let created = inspect_field(&id, "{{.Created}}");
     let starts = event_times(&id, "start", &created);
     let dies = event_times(&id, "die", &created);
@@ -374,18 +276,17 @@ restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", fai
         starts.len() >= 5 && dies.len() >= 5,
         "starts {starts:?} dies {dies:?}"
     );
-    let waits: Vec<f64> = starts[1..]
-        .iter()
-        .map(|s| {
-            let die = dies.iter().filter(|d| *d < s).max().unwrap();
-            (s - die) as f64 / 1e9
-        })
-        .collect();
-    assert!(waits[0] < 0.45, "first restart is immediate: {waits:?}");
-    for w in waits.windows(2).take(3) {
-        assert!(w[1] > w[0], "backoff grows: {waits:?}");
+    for (s, want_ms) in starts[1..].iter().zip(&decided[..4]) {
+        let die = dies
+            .iter()
+            .filter(|d| *d < s)
+            .max()
+            .expect("a die before each restart");
+        assert!(
+            (s - die) as f64 / 1e6 >= *want_ms as f64 * 0.9,
+            "waited less than decided: starts {starts:?} dies {dies:?} decided {decided:?}"
+        );
     }
-    assert!(waits[3] >= 1.8 - 0.2, "fourth wait is about 2 s: {waits:?}");
 }
 
 #[test]

@@ -28,13 +28,20 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod auth_registry;
 pub mod docker;
 pub mod dockerd;
+pub mod fixture;
 pub mod http;
+pub mod http_server;
+pub mod imds;
+pub mod lifecycle_proxy;
+pub mod moto;
 pub mod registry;
 pub mod util;
 
 pub use agent::{Agent, BERTH_BIN, berth, exit_code};
+pub use auth_registry::{AuthRegistry, basic_auth, docker_config_with_auth, push_image_with_auth};
 pub use docker::{
     BASE_IMAGE, base_image, container_ids_with_label, container_ids_with_label_at, copy_image_to,
     docker, docker_at, docker_at_ok, docker_ok, image_exists, inspect_field, inspect_field_at,
@@ -43,5 +50,11 @@ pub use docker::{
 };
 pub use dockerd::{PrivateDockerd, private_dockerd_fully_removed};
 pub use http::{HttpResponse, http_get, http_get_json, http_request};
+pub use imds::{Imds, ImdsConfig};
+pub use lifecycle_proxy::{Fault, LifecycleProxy, RecordedCall};
+pub use moto::{
+    MOTO_ACCOUNT, MOTO_AMI, MOTO_AZ, MOTO_ECR_PASSWORD, MOTO_ECR_USER, MOTO_REGION, Moto, block_on,
+    env_refs, sdk_config_for,
+};
 pub use registry::{Registry, registry_manifest_digest, shared_registry};
 pub use util::{free_port, keep_artifacts, send_signal, unique, wait_until};

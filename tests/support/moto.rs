@@ -1,0 +1,666 @@
+//! A private moto server (`python3 -m moto.server`, moto 5.2.1) on a free
+//! loopback port: fake Auto Scaling, EC2 and ECR APIs for the AWS side of
+//! berth. Each [`Moto`] is its own process with its own state, so parallel
+//! tests never see each other's groups.
+//!
+//! [`Moto::sdk_config`] gives an `SdkConfig` for the Rust SDK (region
+//! `us-east-1`, static `test` credentials, endpoint = moto) and
+//! [`Moto::env`] the environment a spawned `berth` needs. The helper methods
+//! ([`Moto::create_group`], [`Moto::instance_tags`], ...) are synchronous:
+//! they run the SDK on a private runtime in a helper thread (see
+//! [`block_on`]), so they work from plain `#[test]`s and from inside
+//! `#[tokio::test]`s alike.
+//!
+//! moto 5.2.1 quirks worth knowing (checked by `tests/aws_support_selftest.rs`):
+//!
+//! * Only AMIs of moto's built-in list exist (e.g. [`MOTO_AMI`],
+//!   `ami-12c6146b`); a group's instances are launched synchronously by
+//!   `CreateAutoScalingGroup`, straight to `InService`/`Healthy`: there is no
+//!   `Pending`/`Pending:Wait`, even with a launching lifecycle hook.
+//! * Instances get the tags `aws:autoscaling:groupName`,
+//!   `aws:ec2launchtemplate:id` and `aws:ec2launchtemplate:version`.
+//! * `SetInstanceHealth` only flips `HealthStatus` (`Unhealthy` stays a
+//!   member, is not replaced).
+//! * `PutLifecycleHook` without a notification target stores fake
+//!   `NotificationTargetARN`/`RoleARN` values; the default heartbeat timeout
+//!   is 3600 s and `DefaultResult` is `ABANDON`.
+//! * `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat` are not
+//!   implemented (HTTP 500): put a [`super::LifecycleProxy`] in front.
+//! * moto routes requests by the SigV4 credential scope, so unsigned
+//!   requests land in its S3 backend.
+//! * ECR `GetAuthorizationToken` returns base64 `AWS:123456789012-auth-token`
+//!   (see [`MOTO_ECR_USER`], [`MOTO_ECR_PASSWORD`]).
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_autoscaling::error::DisplayErrorContext;
+use tempfile::TempDir;
+
+use super::http::request;
+use super::util::{ExitGuard, free_port, keep_artifacts, kill_child, tail_file};
+
+/// The region everything runs in.
+pub const MOTO_REGION: &str = "us-east-1";
+/// The availability zone [`Moto::create_group`] puts groups in.
+pub const MOTO_AZ: &str = "us-east-1a";
+/// A fake AMI id that exists in moto 5.2.1's built-in image list.
+pub const MOTO_AMI: &str = "ami-12c6146b";
+/// moto's fixed account id.
+pub const MOTO_ACCOUNT: &str = "123456789012";
+/// Registry user name in moto's ECR authorization token.
+pub const MOTO_ECR_USER: &str = "AWS";
+/// Registry password in moto's ECR authorization token.
+pub const MOTO_ECR_PASSWORD: &str = "123456789012-auth-token";
+
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running moto server with its log in a temp dir. Dropping it kills the
+/// process (SIGKILL) and deletes the dir.
+pub struct Moto {
+    port: u16,
+    dir: Option<TempDir>,
+    dir_path: PathBuf,
+    child: Option<Child>,
+    guard: Option<ExitGuard>,
+}
+
+impl Moto {
+    /// Starts a fresh moto server on a free port of 127.0.0.1 and waits until
+    /// `GET /moto-api/` answers 200. Panics (with the log) on failure, or
+    /// with install instructions if moto is missing.
+    pub fn start() -> Moto {
+        let python = python_with_moto();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-moto-")
+            .tempdir()
+            .expect("Moto::start: cannot create a temp dir");
+        let dir_path = dir.path().to_path_buf();
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            match launch(python, &dir_path, port) {
+                Ok((child, guard)) => {
+                    return Moto {
+                        port,
+                        dir: Some(dir),
+                        dir_path,
+                        child: Some(child),
+                        guard: Some(guard),
+                    };
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("Moto::start failed 3 times:\n{}", errors.join("\n"));
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port moto listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whole log of the server so far (werkzeug access lines, tracebacks).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(log_path(&self.dir_path)).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Directory holding `moto.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir_path
+    }
+
+    /// Forgets every resource (`POST /moto-api/reset`). Panics on failure.
+    pub fn reset(&self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let resp = request(&addr, "POST", "/moto-api/reset", &[], &[], false)
+            .unwrap_or_else(|e| panic!("Moto::reset: POST /moto-api/reset on {addr}: {e}"));
+        assert_eq!(
+            resp.status,
+            200,
+            "Moto::reset: POST /moto-api/reset answered {}: {}",
+            resp.status,
+            resp.text()
+        );
+    }
+
+    /// An `SdkConfig` for this server: see [`sdk_config_for`].
+    pub fn sdk_config(&self) -> SdkConfig {
+        sdk_config_for(&self.url())
+    }
+
+    /// Environment for a spawned `berth` talking to this server:
+    /// `AWS_ENDPOINT_URL` (all services), `AWS_ACCESS_KEY_ID=test`,
+    /// `AWS_SECRET_ACCESS_KEY=test`, `AWS_REGION=us-east-1`,
+    /// `AWS_MAX_ATTEMPTS=2`, and `AWS_CONFIG_FILE`/`AWS_SHARED_CREDENTIALS_FILE`
+    /// pointing at `/dev/null` so no profile of the machine interferes.
+    /// `AWS_EC2_METADATA_DISABLED` is deliberately absent (berth uses IMDS:
+    /// add [`super::Imds::env`]). Override one service's endpoint, e.g. with
+    /// [`super::LifecycleProxy::env`]'s `AWS_ENDPOINT_URL_AUTO_SCALING`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.url().as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", MOTO_REGION),
+            ("AWS_MAX_ATTEMPTS", "2"),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Creates a launch template (`NAME-lt`, [`MOTO_AMI`], `t3.micro`) and an
+    /// Auto Scaling group `name` using it in [`MOTO_AZ`] with min 0, max
+    /// `desired + 10`, `desired` instances and the group tags `tags`
+    /// (`PropagateAtLaunch=false`). Returns the member instance ids (moto
+    /// launches them synchronously). Panics on failure.
+    pub fn create_group(&self, name: &str, desired: i32, tags: &[(&str, &str)]) -> Vec<String> {
+        let cfg = self.sdk_config();
+        let name = name.to_string();
+        let tags = asg_tags(&name, tags);
+        block_on(async move {
+            let ec2 = aws_sdk_ec2::Client::new(&cfg);
+            let asg = aws_sdk_autoscaling::Client::new(&cfg);
+            let lt_name = format!("{name}-lt");
+            ec2.create_launch_template()
+                .launch_template_name(&lt_name)
+                .launch_template_data(
+                    aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                        .image_id(MOTO_AMI)
+                        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "create_group({name}): CreateLaunchTemplate {lt_name}: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+            asg.create_auto_scaling_group()
+                .auto_scaling_group_name(&name)
+                .launch_template(
+                    aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                        .launch_template_name(&lt_name)
+                        .version("$Latest")
+                        .build(),
+                )
+                .min_size(0)
+                .max_size(desired + 10)
+                .desired_capacity(desired)
+                .availability_zones(MOTO_AZ)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "create_group({name}): CreateAutoScalingGroup: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+            group_instance_ids(&asg, &name).await
+        })
+    }
+
+    /// Ids of the instances that are members of group `name`, in moto's order.
+    /// Panics if the group does not exist.
+    pub fn group_instance_ids(&self, name: &str) -> Vec<String> {
+        let cfg = self.sdk_config();
+        block_on(
+            async move { group_instance_ids(&aws_sdk_autoscaling::Client::new(&cfg), name).await },
+        )
+    }
+
+    /// Adds or overwrites group tags (`CreateOrUpdateTags`,
+    /// `PropagateAtLaunch=false`); other tags stay. Panics on failure.
+    pub fn set_group_tags(&self, name: &str, tags: &[(&str, &str)]) {
+        let cfg = self.sdk_config();
+        let tags = asg_tags(name, tags);
+        block_on(async move {
+            aws_sdk_autoscaling::Client::new(&cfg)
+                .create_or_update_tags()
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "set_group_tags({name}): CreateOrUpdateTags: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// Deletes the group tag `key` (`DeleteTags`). Panics on failure.
+    pub fn delete_group_tag(&self, name: &str, key: &str) {
+        let cfg = self.sdk_config();
+        let tag = aws_sdk_autoscaling::types::Tag::builder()
+            .key(key)
+            .resource_id(name)
+            .resource_type("auto-scaling-group")
+            .build();
+        block_on(async move {
+            aws_sdk_autoscaling::Client::new(&cfg)
+                .delete_tags()
+                .tags(tag)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "delete_group_tag({name}, {key}): DeleteTags: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// The tags of group `name` (from `DescribeAutoScalingGroups`).
+    /// Panics if the group does not exist.
+    pub fn group_tags(&self, name: &str) -> BTreeMap<String, String> {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            let group = describe_group(&aws_sdk_autoscaling::Client::new(&cfg), name).await;
+            group
+                .tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// The EC2 tags of instance `instance_id` (`DescribeTags` filtered by
+    /// resource id), including moto's `aws:autoscaling:groupName`.
+    pub fn instance_tags(&self, instance_id: &str) -> BTreeMap<String, String> {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            let ec2 = aws_sdk_ec2::Client::new(&cfg);
+            let mut tags = BTreeMap::new();
+            let mut next: Option<String> = None;
+            loop {
+                let out = ec2
+                    .describe_tags()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("resource-id")
+                            .values(instance_id)
+                            .build(),
+                    )
+                    .set_next_token(next.take())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "instance_tags({instance_id}): DescribeTags: {}",
+                            DisplayErrorContext(&e)
+                        )
+                    });
+                for t in out.tags() {
+                    tags.insert(
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    );
+                }
+                match out.next_token() {
+                    Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                    _ => return tags,
+                }
+            }
+        })
+    }
+
+    /// Sets the EC2 tag `key=value` on instance `instance_id` (`CreateTags`).
+    pub fn set_instance_tag(&self, instance_id: &str, key: &str, value: &str) {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            aws_sdk_ec2::Client::new(&cfg)
+                .create_tags()
+                .resources(instance_id)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(key)
+                        .value(value)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "set_instance_tag({instance_id}, {key}): CreateTags: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// `HealthStatus` of `instance_id` (`Healthy`/`Unhealthy`) from
+    /// `DescribeAutoScalingInstances`. Panics if the instance is not a member
+    /// of `group`.
+    pub fn instance_health(&self, group: &str, instance_id: &str) -> String {
+        self.asg_instance(group, instance_id).0
+    }
+
+    /// `LifecycleState` of `instance_id` (e.g. `InService`) from
+    /// `DescribeAutoScalingInstances`. Panics if the instance is not a member
+    /// of `group`.
+    pub fn instance_lifecycle_state(&self, group: &str, instance_id: &str) -> String {
+        self.asg_instance(group, instance_id).1
+    }
+
+    fn asg_instance(&self, group: &str, instance_id: &str) -> (String, String) {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            let out = aws_sdk_autoscaling::Client::new(&cfg)
+                .describe_auto_scaling_instances()
+                .instance_ids(instance_id)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "DescribeAutoScalingInstances({instance_id}): {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+            let inst = out
+                .auto_scaling_instances()
+                .iter()
+                .find(|i| i.instance_id() == Some(instance_id))
+                .unwrap_or_else(|| {
+                    panic!("instance {instance_id} is in no Auto Scaling group: {out:?}")
+                });
+            assert_eq!(
+                inst.auto_scaling_group_name(),
+                Some(group),
+                "instance {instance_id} is not in group {group}"
+            );
+            (
+                inst.health_status().unwrap_or_default().to_string(),
+                inst.lifecycle_state().unwrap_or_default().to_string(),
+            )
+        })
+    }
+
+    /// Creates or replaces the lifecycle hook `hook_name` of `group` for
+    /// `transition` (`autoscaling:EC2_INSTANCE_LAUNCHING` or
+    /// `autoscaling:EC2_INSTANCE_TERMINATING`) with the given heartbeat
+    /// timeout (`PutLifecycleHook`, no notification target). Panics on failure.
+    pub fn put_lifecycle_hook(
+        &self,
+        group: &str,
+        hook_name: &str,
+        transition: &str,
+        heartbeat_timeout_secs: i32,
+    ) {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            aws_sdk_autoscaling::Client::new(&cfg)
+                .put_lifecycle_hook()
+                .auto_scaling_group_name(group)
+                .lifecycle_hook_name(hook_name)
+                .lifecycle_transition(transition)
+                .heartbeat_timeout(heartbeat_timeout_secs)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "put_lifecycle_hook({group}, {hook_name}): PutLifecycleHook: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- moto {} log tail (test panicked) ---\n{}",
+                self.url(),
+                tail_file(&log_path(&self.dir_path), 30)
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
+        if keep_artifacts()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("BERTH_TEST_KEEP: keeping {}", dir.keep().display());
+        }
+    }
+}
+
+/// An `SdkConfig` for a fake AWS endpoint at `endpoint_url` (a [`Moto`] or a
+/// [`super::LifecycleProxy`]): region `us-east-1`, static credentials
+/// `test`/`test`, standard retries with at most 2 attempts (like
+/// `AWS_MAX_ATTEMPTS=2`), 3 s connect and 30 s per-attempt timeouts. It reads
+/// nothing from the environment or profile files.
+pub fn sdk_config_for(endpoint_url: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(MOTO_REGION))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "test",
+        )))
+        .endpoint_url(endpoint_url)
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
+}
+
+/// Runs `fut` to completion on a fresh current-thread tokio runtime in a
+/// helper thread and returns its output; a panic inside is re-raised here.
+/// Works from plain tests and from inside a tokio runtime (whose thread it
+/// blocks meanwhile).
+pub fn block_on<F>(fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        let helper = s.spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("block_on: cannot build a tokio runtime")
+                .block_on(fut)
+        });
+        match helper.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Borrows owned `(name, value)` pairs (as [`Moto::env`] returns them) as
+/// the `&[(&str, &str)]` that [`super::Agent::spawn`] and [`super::berth`] take.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn asg_tags(group: &str, tags: &[(&str, &str)]) -> Vec<aws_sdk_autoscaling::types::Tag> {
+    tags.iter()
+        .map(|(k, v)| {
+            aws_sdk_autoscaling::types::Tag::builder()
+                .key(*k)
+                .value(*v)
+                .propagate_at_launch(false)
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .build()
+        })
+        .collect()
+}
+
+async fn describe_group(
+    asg: &aws_sdk_autoscaling::Client,
+    name: &str,
+) -> aws_sdk_autoscaling::types::AutoScalingGroup {
+    let out = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "DescribeAutoScalingGroups({name}): {}",
+                DisplayErrorContext(&e)
+            )
+        });
+    out.auto_scaling_groups()
+        .iter()
+        .find(|g| g.auto_scaling_group_name() == Some(name))
+        .cloned()
+        .unwrap_or_else(|| panic!("Auto Scaling group {name} does not exist"))
+}
+
+async fn group_instance_ids(asg: &aws_sdk_autoscaling::Client, name: &str) -> Vec<String> {
+    describe_group(asg, name)
+        .await
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect()
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("moto.log")
+}
+
+/// The Python interpreter that can import `moto.server` (resolved once,
+/// through `python3` on PATH, so pyenv shims are not paid per start).
+fn python_with_moto() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, moto, moto.server; print(sys.executable); print(moto.__version__)",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("Moto: cannot run python3 (is Python 3 installed?)");
+        assert!(
+            out.status.success(),
+            "Moto: python3 cannot import moto.server ({}); install it with \
+             `pip install 'moto[server]==5.2.1'`: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = stdout.lines();
+        let exe = lines.next().unwrap_or_default().trim().to_string();
+        let version = lines.next().unwrap_or_default().trim();
+        if version != "5.2.1" {
+            eprintln!("warning: moto {version} found; these helpers were written for 5.2.1");
+        }
+        assert!(!exe.is_empty(), "Moto: python3 printed no sys.executable");
+        exe
+    })
+}
+
+/// Spawns moto on `port` (output appended to `DIR/moto.log`) and waits until
+/// it answers `GET /moto-api/` with 200. The temp dir path is passed as an
+/// unused argument so the [`ExitGuard`] can recognise the process.
+fn launch(python: &str, dir: &Path, port: u16) -> Result<(Child, ExitGuard), String> {
+    let log_file = log_path(dir);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .map_err(|e| format!("cannot open {}: {e}", log_file.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot dup the log fd: {e}"))?;
+    let marker = dir.to_string_lossy().into_owned();
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-c",
+        "import sys; from moto.server import main; main(sys.argv[2:])",
+        &marker,
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(log)
+    .stderr(log_err);
+    // MOTO_* / TEST_SERVER_MODE of the test environment would change moto's
+    // behaviour (MOTO_PORT even its advertised URLs).
+    for (k, _) in std::env::vars_os() {
+        let k_text = k.to_string_lossy();
+        if k_text.starts_with("MOTO_") || k_text == "TEST_SERVER_MODE" {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("MOTO_PORT", port.to_string())
+        .env("PYTHONUNBUFFERED", "1");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn moto ({python}): {e}"))?;
+    let guard = ExitGuard::arm(child.id(), &marker, Some(dir));
+
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            guard.disarm();
+            return Err(format!(
+                "moto on {addr} exited during startup ({status}); log tail:\n{}",
+                tail_file(&log_file, 20)
+            ));
+        }
+        let ready = matches!(
+            request(&addr, "GET", "/moto-api/", &[], &[], false),
+            Ok(r) if r.status == 200
+        );
+        // Re-check liveness: a 200 from someone else's server on a port we
+        // failed to bind must not count.
+        if ready && matches!(child.try_wait(), Ok(None)) {
+            return Ok((child, guard));
+        }
+        if start.elapsed() > READY_DEADLINE {
+            kill_child(&mut child);
+            guard.disarm();
+            return Err(format!(
+                "moto on {addr} not ready within {READY_DEADLINE:?}; log tail:\n{}",
+                tail_file(&log_file, 20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
