@@ -68,6 +68,7 @@ pub mod desired;
 pub mod local;
 pub mod manifest;
 pub mod plan;
+pub mod rollout;
 pub mod runtime;
 pub mod status;
 pub mod supervisor;

@@ -1,0 +1,728 @@
+//! The rollout gate and the polling schedule: pure functions over one
+//! snapshot of the group, so a table test, a property test or a simulation
+//! can call them a million times.
+//!
+//! # The gate
+//!
+//! [`decide`] says [`Decision::Retire`] only if all hold, from one snapshot:
+//! this instance has drifted; the new preferred images exist in their
+//! registries; the drift has lasted `berth:drift-grace`; the group is not
+//! `berth:paused`; this instance is itself ready; the budget
+//! `k − U > 0`, where `k` = `berth:max-unavailable` and
+//! `U = max(0, desired − ready)`; and this instance is among the first
+//! `budget` drifted, ready members ordered by (launch time, instance id).
+//! Anything missing or unreadable means wait.
+//!
+//! Why no coordinator is needed: when `r` members ahead of this one retire,
+//! a later snapshot shows them unavailable (`U + r`) and gone from the line
+//! (`p − r`), so `p ≤ k − U` is unchanged. Agents reading snapshots of
+//! different ages agree on who may go; an older snapshot is only more
+//! conservative.
+//!
+//! # The schedule
+//!
+//! [`next_poll`] spends a fixed call rate per group where it matters: at rest
+//! the oldest members (first in line when a version changes) look most
+//! often; once drifted, an agent sleeps in proportion to how many rounds
+//! away its turn is.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::desired::TagError;
+
+/// Group tag: the rollout budget, a count (`2`) or a percent (`10%`) of desired capacity.
+pub const TAG_MAX_UNAVAILABLE: &str = "berth:max-unavailable";
+/// Group tag: how long drift must persist before retiring.
+pub const TAG_DRIFT_GRACE: &str = "berth:drift-grace";
+/// Group tag: `true` stops all retirements.
+pub const TAG_PAUSED: &str = "berth:paused";
+/// Instance tag: the pin, `web=1.4.2,proxy=0.9.1`.
+pub const TAG_VERSIONS: &str = "berth:versions";
+/// Instance tag: `starting`, `ready`, `degraded`, `draining`, `retiring`.
+pub const TAG_STATE: &str = "berth:state";
+
+/// Default drift grace.
+pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
+/// The group-wide call rate the schedule aims at (calls per second).
+pub const GROUP_CALLS_PER_SEC: f64 = 1.0;
+/// No agent polls more often than this.
+pub const POLL_FLOOR: Duration = Duration::from_secs(5);
+/// Agents waiting in the next window share this many calls per second, so a
+/// large budget does not become a burst: their floor is `k / rate`.
+pub const WINDOW_CALLS_PER_SEC: f64 = 2.0;
+/// Slack added to "the earliest moment a booting member can be ready".
+pub const READY_SLACK: Duration = Duration::from_secs(3);
+/// Euler–Mascheroni constant: the harmonic sum `H_n ≈ ln n + γ`.
+const EULER_GAMMA: f64 = 0.5772;
+/// An agent never sleeps longer than this between polls once drifted.
+pub const DRIFTED_POLL_CAP: Duration = Duration::from_secs(600);
+
+/// `berth:max-unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    Count(u32),
+    Percent(u32),
+}
+
+impl MaxUnavailable {
+    /// The count for a group of `desired` capacity: a percent rounds down,
+    /// but never below 1, so a rollout always progresses.
+    pub fn resolve(self, desired: u32) -> u32 {
+        match self {
+            MaxUnavailable::Count(n) => n,
+            MaxUnavailable::Percent(p) => (desired.saturating_mul(p) / 100).max(1),
+        }
+    }
+}
+
+/// The rollout settings, from the group's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub max_unavailable: MaxUnavailable,
+    pub drift_grace: Duration,
+    pub paused: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_unavailable: MaxUnavailable::Count(1),
+            drift_grace: DEFAULT_DRIFT_GRACE,
+            paused: false,
+        }
+    }
+}
+
+/// Reads the rollout settings from the group's tags, naming every bad tag.
+pub fn policy_from_tags(tags: &BTreeMap<String, String>) -> Result<Policy, Vec<TagError>> {
+    let mut p = Policy::default();
+    let mut errors = Vec::new();
+    if let Some(v) = tags.get(TAG_MAX_UNAVAILABLE) {
+        let v = v.trim();
+        let parsed = match v.strip_suffix('%') {
+            Some(pct) => pct
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(MaxUnavailable::Percent),
+            None => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(MaxUnavailable::Count),
+        };
+        match parsed {
+            Some(m) => p.max_unavailable = m,
+            None => errors.push(TagError {
+                tag: TAG_MAX_UNAVAILABLE.into(),
+                message: format!(
+                    "{v:?} is not a count (\"2\") or a percent (\"10%\") of at least 1"
+                ),
+            }),
+        }
+    }
+    if let Some(v) = tags.get(TAG_DRIFT_GRACE) {
+        match humantime::parse_duration(v.trim()) {
+            Ok(d) => p.drift_grace = d,
+            Err(e) => errors.push(TagError {
+                tag: TAG_DRIFT_GRACE.into(),
+                message: format!("{v:?} is not a duration like \"60s\" or \"5m\": {e}"),
+            }),
+        }
+    }
+    if let Some(v) = tags.get(TAG_PAUSED) {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => p.paused = true,
+            "false" | "no" | "0" | "" => p.paused = false,
+            _ => errors.push(TagError {
+                tag: TAG_PAUSED.into(),
+                message: format!("{v:?} is not true or false"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(p)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a `berth:versions` tag (`web=1.4.2,proxy=0.9.1`).
+pub fn parse_versions(tag: &str) -> Option<BTreeMap<String, String>> {
+    tag.split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// One member of the group, as the gate sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: String,
+    /// Seconds since the epoch.
+    pub launch_time: u64,
+    /// Lifecycle state is `InService`.
+    pub in_service: bool,
+    /// Health status is `Healthy`.
+    pub healthy: bool,
+    /// The member's `berth:state` tag.
+    pub berth_state: Option<String>,
+    /// The member's `berth:versions` tag, parsed.
+    pub versions: Option<BTreeMap<String, String>>,
+}
+
+impl MemberView {
+    /// InService, Healthy and tagged `berth:state=ready`.
+    pub fn ready(&self) -> bool {
+        self.in_service && self.healthy && self.berth_state.as_deref() == Some("ready")
+    }
+
+    /// Runs versions other than `preferred` (unknown versions are not drift).
+    pub fn drifted(&self, preferred: &BTreeMap<String, String>) -> bool {
+        self.versions.as_ref().is_some_and(|v| v != preferred)
+    }
+}
+
+/// One snapshot of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub desired_capacity: u32,
+    pub members: Vec<MemberView>,
+}
+
+/// Whether the new preferred images exist in their registries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageCheck {
+    /// Every image exists.
+    Present,
+    /// This image does not exist (a typo never retires anyone).
+    Missing(String),
+    /// Could not tell (registry unreachable): wait.
+    Unknown(String),
+}
+
+/// Why the gate says wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// This instance runs the preferred versions.
+    NoDrift,
+    ImageMissing(String),
+    ImageUnknown(String),
+    /// Drift must last the grace period; this much is left.
+    Grace(Duration),
+    Paused,
+    /// This instance is not in the snapshot.
+    NotInGroup,
+    /// This instance is not ready itself; it holds no place in line.
+    NotReady,
+    /// `k − U ≤ 0`.
+    NoBudget {
+        unavailable: u32,
+        max: u32,
+    },
+    /// Others are ahead in line.
+    NotMyTurn {
+        position: u32,
+        budget: u32,
+        head: String,
+    },
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::NoDrift => write!(f, "no drift"),
+            Wait::ImageMissing(i) => {
+                write!(f, "the preferred image {i} does not exist in its registry")
+            }
+            Wait::ImageUnknown(e) => write!(f, "cannot check the preferred image: {e}"),
+            Wait::Grace(left) => write!(
+                f,
+                "drift grace: {} left",
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            ),
+            Wait::Paused => write!(f, "the group is paused ({TAG_PAUSED})"),
+            Wait::NotInGroup => write!(f, "this instance is not in the group's snapshot"),
+            Wait::NotReady => write!(f, "this instance is not ready; it holds no place in line"),
+            Wait::NoBudget { unavailable, max } => {
+                write!(f, "no budget: {unavailable} unavailable, max {max}")
+            }
+            Wait::NotMyTurn {
+                position,
+                budget,
+                head,
+            } => {
+                write!(
+                    f,
+                    "position {position} in line, budget {budget}; head of the line is {head}"
+                )
+            }
+        }
+    }
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Retire,
+    Wait(Wait),
+}
+
+/// The line: drifted, ready members ordered by (launch time, instance id).
+pub fn line<'a>(
+    snapshot: &'a Snapshot,
+    preferred: &BTreeMap<String, String>,
+) -> Vec<&'a MemberView> {
+    let mut l: Vec<&MemberView> = snapshot
+        .members
+        .iter()
+        .filter(|m| m.ready() && m.drifted(preferred))
+        .collect();
+    l.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
+    l
+}
+
+/// `U = max(0, desired − ready)`.
+pub fn unavailable(snapshot: &Snapshot) -> u32 {
+    let ready = snapshot.members.iter().filter(|m| m.ready()).count() as u32;
+    snapshot.desired_capacity.saturating_sub(ready)
+}
+
+/// The gate. `drift_age`: how long this instance has seen drift (`None`: no drift).
+pub fn decide(
+    snapshot: &Snapshot,
+    me: &str,
+    preferred: &BTreeMap<String, String>,
+    policy: &Policy,
+    drift_age: Option<Duration>,
+    image: &ImageCheck,
+) -> Decision {
+    let Some(age) = drift_age else {
+        return Decision::Wait(Wait::NoDrift);
+    };
+    match image {
+        ImageCheck::Present => {}
+        ImageCheck::Missing(i) => return Decision::Wait(Wait::ImageMissing(i.clone())),
+        ImageCheck::Unknown(e) => return Decision::Wait(Wait::ImageUnknown(e.clone())),
+    }
+    if age < policy.drift_grace {
+        return Decision::Wait(Wait::Grace(policy.drift_grace - age));
+    }
+    if policy.paused {
+        return Decision::Wait(Wait::Paused);
+    }
+    let Some(my) = snapshot.members.iter().find(|m| m.id == me) else {
+        return Decision::Wait(Wait::NotInGroup);
+    };
+    if !my.ready() {
+        return Decision::Wait(Wait::NotReady);
+    }
+    let k = policy.max_unavailable.resolve(snapshot.desired_capacity);
+    let u = unavailable(snapshot);
+    if u >= k {
+        return Decision::Wait(Wait::NoBudget {
+            unavailable: u,
+            max: k,
+        });
+    }
+    let budget = k - u;
+    let line = line(snapshot, preferred);
+    let Some(pos) = line.iter().position(|m| m.id == me) else {
+        // Ready but not drifted in the group's eyes (its versions tag lags): wait.
+        return Decision::Wait(Wait::NotReady);
+    };
+    let position = pos as u32 + 1;
+    if position <= budget {
+        Decision::Retire
+    } else {
+        Decision::Wait(Wait::NotMyTurn {
+            position,
+            budget,
+            head: line[0].id.clone(),
+        })
+    }
+}
+
+/// What the schedule needs to know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollInput {
+    /// Members in the group.
+    pub members: u32,
+    /// `berth:max-unavailable`, resolved.
+    pub k: u32,
+    /// This instance's rank by (launch time, id) among members, 0 = oldest.
+    pub rank: u32,
+    /// This instance has drifted.
+    pub drifted: bool,
+    /// The gate's last answer, if drifted.
+    pub position: Option<u32>,
+    pub budget: u32,
+    /// How long one retirement round takes (drain + boot of the replacement).
+    pub round: Duration,
+    /// The earliest moment, from now, a booting member can be ready.
+    pub next_ready_in: Option<Duration>,
+    /// Time left of the drift grace, if the gate waits on it.
+    pub grace_left: Option<Duration>,
+}
+
+/// How long to sleep before the next look at the group (before jitter).
+///
+/// - At rest: `a · (1 + rank / k)` with `a = max(floor, (k / rate) · (ln(1 + n / k) + γ))`,
+///   so the whole group makes about `rate` calls per second at any size, and
+///   the oldest members, who go first, look most often.
+/// - Drifted, in the next window (position ≤ k): until the earliest moment a
+///   booting member can be ready, plus slack, but no sooner than the window
+///   floor `max(floor, k / window_rate)`.
+/// - Drifted, further back: half the time until its turn, `(position − 1) / k`
+///   rounds, capped.
+pub fn next_poll(i: &PollInput) -> Duration {
+    let k = i.k.max(1) as f64;
+    let n = i.members.max(1) as f64;
+    let floor = POLL_FLOOR;
+    if !i.drifted {
+        // Σ_r 1/(a(1 + r/k)) ≈ (k/a)(ln(1 + n/k) + γ): pick `a` to make it `rate`.
+        let a = floor
+            .as_secs_f64()
+            .max((k / GROUP_CALLS_PER_SEC) * ((1.0 + n / k).ln() + EULER_GAMMA));
+        return Duration::from_secs_f64(a * (1.0 + i.rank as f64 / k));
+    }
+    if let Some(left) = i.grace_left {
+        return left.max(Duration::from_secs(1));
+    }
+    let window_floor = floor.max(Duration::from_secs_f64(k / WINDOW_CALLS_PER_SEC));
+    let position = i.position.unwrap_or(i.rank + 1) as f64;
+    if position <= k {
+        let until = i.next_ready_in.map_or(window_floor, |t| t + READY_SLACK);
+        return until.max(window_floor).min(DRIFTED_POLL_CAP);
+    }
+    let rounds = (position - 1.0) / k;
+    Duration::from_secs_f64(0.5 * rounds * i.round.as_secs_f64())
+        .max(window_floor)
+        .min(DRIFTED_POLL_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> BTreeMap<String, String> {
+        parse_versions(s).unwrap()
+    }
+
+    fn member(id: &str, launch: u64, ready: bool, versions: &str) -> MemberView {
+        MemberView {
+            id: id.into(),
+            launch_time: launch,
+            in_service: true,
+            healthy: true,
+            berth_state: Some(if ready { "ready" } else { "starting" }.into()),
+            versions: Some(v(versions)),
+        }
+    }
+
+    fn fleet(desired: u32, members: Vec<MemberView>) -> Snapshot {
+        Snapshot {
+            desired_capacity: desired,
+            members,
+        }
+    }
+
+    const OLD: &str = "web=1";
+    const NEW: &str = "web=2";
+
+    fn base() -> Snapshot {
+        fleet(
+            4,
+            vec![
+                member("i-a", 100, true, OLD),
+                member("i-b", 200, true, OLD),
+                member("i-c", 300, true, OLD),
+                member("i-d", 300, true, OLD),
+            ],
+        )
+    }
+
+    fn go(s: &Snapshot, me: &str, policy: Policy) -> Decision {
+        decide(
+            s,
+            me,
+            &v(NEW),
+            &policy,
+            Some(Duration::from_secs(3600)),
+            &ImageCheck::Present,
+        )
+    }
+
+    #[test]
+    fn gate_table() {
+        let p = Policy::default();
+        let p2 = Policy {
+            max_unavailable: MaxUnavailable::Count(2),
+            ..p
+        };
+        let mut booting = base();
+        booting.members[0] = member("i-new", 900, false, NEW);
+        let mut replaced = base();
+        replaced.members[0] = member("i-new", 900, true, NEW);
+        let cases: Vec<(&str, Snapshot, &str, Policy, Decision)> = vec![
+            ("oldest goes first", base(), "i-a", p, Decision::Retire),
+            (
+                "second waits its turn",
+                base(),
+                "i-b",
+                p,
+                Decision::Wait(Wait::NotMyTurn {
+                    position: 2,
+                    budget: 1,
+                    head: "i-a".into(),
+                }),
+            ),
+            ("k=2: second goes too", base(), "i-b", p2, Decision::Retire),
+            (
+                "k=2: third waits",
+                base(),
+                "i-c",
+                p2,
+                Decision::Wait(Wait::NotMyTurn {
+                    position: 3,
+                    budget: 2,
+                    head: "i-a".into(),
+                }),
+            ),
+            (
+                "ties break by id",
+                base(),
+                "i-c",
+                Policy {
+                    max_unavailable: MaxUnavailable::Count(3),
+                    ..p
+                },
+                Decision::Retire,
+            ),
+            (
+                "a booting replacement uses the budget",
+                booting.clone(),
+                "i-b",
+                p,
+                Decision::Wait(Wait::NoBudget {
+                    unavailable: 1,
+                    max: 1,
+                }),
+            ),
+            (
+                "the replacement ready: next one goes",
+                replaced,
+                "i-b",
+                p,
+                Decision::Retire,
+            ),
+            (
+                "paused",
+                base(),
+                "i-a",
+                Policy { paused: true, ..p },
+                Decision::Wait(Wait::Paused),
+            ),
+            (
+                "not a member",
+                base(),
+                "i-zzz",
+                p,
+                Decision::Wait(Wait::NotInGroup),
+            ),
+            (
+                "percent rounds down, at least 1",
+                base(),
+                "i-b",
+                Policy {
+                    max_unavailable: MaxUnavailable::Percent(10),
+                    ..p
+                },
+                Decision::Wait(Wait::NotMyTurn {
+                    position: 2,
+                    budget: 1,
+                    head: "i-a".into(),
+                }),
+            ),
+            (
+                "50% of 4 is 2",
+                base(),
+                "i-b",
+                Policy {
+                    max_unavailable: MaxUnavailable::Percent(50),
+                    ..p
+                },
+                Decision::Retire,
+            ),
+        ];
+        for (what, s, me, pol, want) in cases {
+            assert_eq!(go(&s, me, pol), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn gate_waits_on_drift_image_grace_and_readiness() {
+        let s = base();
+        let p = Policy::default();
+        let pref = v(NEW);
+        assert_eq!(
+            decide(&s, "i-a", &pref, &p, None, &ImageCheck::Present),
+            Decision::Wait(Wait::NoDrift)
+        );
+        assert_eq!(
+            decide(
+                &s,
+                "i-a",
+                &pref,
+                &p,
+                Some(Duration::from_secs(999)),
+                &ImageCheck::Missing("web:2".into())
+            ),
+            Decision::Wait(Wait::ImageMissing("web:2".into()))
+        );
+        assert!(matches!(
+            decide(
+                &s,
+                "i-a",
+                &pref,
+                &p,
+                Some(Duration::from_secs(999)),
+                &ImageCheck::Unknown("down".into())
+            ),
+            Decision::Wait(Wait::ImageUnknown(_))
+        ));
+        assert_eq!(
+            decide(
+                &s,
+                "i-a",
+                &pref,
+                &p,
+                Some(Duration::from_secs(20)),
+                &ImageCheck::Present
+            ),
+            Decision::Wait(Wait::Grace(Duration::from_secs(40)))
+        );
+        let mut degraded = base();
+        degraded.members[0].berth_state = Some("degraded".into());
+        assert_eq!(go(&degraded, "i-a", p), Decision::Wait(Wait::NotReady));
+        // An unhealthy member counts as unavailable.
+        let mut sick = base();
+        sick.members[3].healthy = false;
+        assert_eq!(
+            go(&sick, "i-a", p),
+            Decision::Wait(Wait::NoBudget {
+                unavailable: 1,
+                max: 1
+            })
+        );
+        // Extra capacity during a scale-in never raises the budget above k.
+        let mut extra = base();
+        extra.desired_capacity = 3;
+        assert_eq!(unavailable(&extra), 0);
+        assert_eq!(
+            go(&extra, "i-b", p),
+            Decision::Wait(Wait::NotMyTurn {
+                position: 2,
+                budget: 1,
+                head: "i-a".into()
+            })
+        );
+    }
+
+    #[test]
+    fn policy_tags() {
+        let t = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(policy_from_tags(&t(&[])).unwrap(), Policy::default());
+        let p = policy_from_tags(&t(&[
+            (TAG_MAX_UNAVAILABLE, "10%"),
+            (TAG_DRIFT_GRACE, "5m"),
+            (TAG_PAUSED, "true"),
+        ]))
+        .unwrap();
+        assert_eq!(p.max_unavailable, MaxUnavailable::Percent(10));
+        assert_eq!(p.drift_grace, Duration::from_secs(300));
+        assert!(p.paused);
+        let e = policy_from_tags(&t(&[
+            (TAG_MAX_UNAVAILABLE, "0"),
+            (TAG_DRIFT_GRACE, "soon"),
+            (TAG_PAUSED, "maybe"),
+        ]))
+        .unwrap_err();
+        let tags: Vec<&str> = e.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(tags, vec![TAG_MAX_UNAVAILABLE, TAG_DRIFT_GRACE, TAG_PAUSED]);
+        assert!(policy_from_tags(&t(&[(TAG_MAX_UNAVAILABLE, "150%")])).is_err());
+        assert_eq!(MaxUnavailable::Percent(10).resolve(1000), 100);
+        assert_eq!(MaxUnavailable::Percent(10).resolve(5), 1);
+    }
+
+    #[test]
+    fn schedule_spends_about_one_call_per_second_per_group_at_rest() {
+        for (n, k) in [(10u32, 1u32), (100, 1), (100, 10), (1000, 1), (1000, 100)] {
+            let rate: f64 = (0..n)
+                .map(|rank| {
+                    let d = next_poll(&PollInput {
+                        members: n,
+                        k,
+                        rank,
+                        drifted: false,
+                        position: None,
+                        budget: 0,
+                        round: Duration::from_secs(150),
+                        next_ready_in: None,
+                        grace_left: None,
+                    });
+                    1.0 / d.as_secs_f64()
+                })
+                .sum();
+            assert!(
+                rate <= GROUP_CALLS_PER_SEC * 1.05,
+                "n={n} k={k}: {rate} calls/s"
+            );
+        }
+    }
+
+    #[test]
+    fn schedule_when_drifted() {
+        let base = PollInput {
+            members: 100,
+            k: 10,
+            rank: 50,
+            drifted: true,
+            position: Some(51),
+            budget: 0,
+            round: Duration::from_secs(150),
+            next_ready_in: None,
+            grace_left: None,
+        };
+        // Five rounds away: half of 5 × 150 s.
+        assert_eq!(next_poll(&base), Duration::from_secs(375));
+        // In the next window: until a booting member can be ready, plus slack.
+        let near = PollInput {
+            position: Some(3),
+            next_ready_in: Some(Duration::from_secs(40)),
+            ..base
+        };
+        assert_eq!(next_poll(&near), Duration::from_secs(43));
+        // The window floor scales with k.
+        let big = PollInput {
+            k: 100,
+            position: Some(3),
+            next_ready_in: Some(Duration::from_secs(1)),
+            ..base
+        };
+        assert_eq!(next_poll(&big), Duration::from_secs(50));
+        let grace = PollInput {
+            grace_left: Some(Duration::from_secs(12)),
+            ..base
+        };
+        assert_eq!(next_poll(&grace), Duration::from_secs(12));
+    }
+}
