@@ -405,6 +405,83 @@ pub fn next_poll(i: &PollInput) -> Duration {
         .min(DRIFTED_POLL_CAP)
 }
 
+/// The agent's side of the rollout, shared by the agent and the simulation:
+/// remembers when drift was first seen and turns one snapshot into a
+/// decision and the time of the next look.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// When this instance first saw its pin differ from the preferred versions (ms since the epoch).
+    pub drift_since_ms: Option<u64>,
+}
+
+/// One look at the group.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// Now, in ms since the epoch.
+    pub now_ms: u64,
+    pub snapshot: &'a Snapshot,
+    pub me: &'a str,
+    pub pinned: &'a BTreeMap<String, String>,
+    pub preferred: &'a BTreeMap<String, String>,
+    pub policy: &'a Policy,
+    pub image: &'a ImageCheck,
+    /// How long a member takes from launch to ready (observed or assumed).
+    pub boot: Duration,
+    /// How long a drain takes.
+    pub drain: Duration,
+}
+
+impl Watch {
+    /// Decides, and says when to look again (before jitter).
+    pub fn observe(&mut self, o: &Observation<'_>) -> (Decision, Duration) {
+        let drifted = o.pinned != o.preferred;
+        self.drift_since_ms = match (drifted, self.drift_since_ms) {
+            (false, _) => None,
+            (true, None) => Some(o.now_ms),
+            (true, since) => since,
+        };
+        let age = self
+            .drift_since_ms
+            .map(|s| Duration::from_millis(o.now_ms.saturating_sub(s)));
+        let decision = decide(o.snapshot, o.me, o.preferred, o.policy, age, o.image);
+        let mut order: Vec<&MemberView> = o.snapshot.members.iter().collect();
+        order.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
+        let rank = order
+            .iter()
+            .position(|m| m.id == o.me)
+            .unwrap_or(order.len()) as u32;
+        let now_s = o.now_ms / 1000;
+        let next_ready_in = o
+            .snapshot
+            .members
+            .iter()
+            .filter(|m| !m.ready() && !m.drifted(o.preferred))
+            .map(|m| Duration::from_secs((m.launch_time + o.boot.as_secs()).saturating_sub(now_s)))
+            .min();
+        let (position, budget, grace_left) = match &decision {
+            Decision::Wait(Wait::NotMyTurn {
+                position, budget, ..
+            }) => (Some(*position), *budget, None),
+            Decision::Wait(Wait::Grace(left)) => (None, 0, Some(*left)),
+            _ => (None, 0, None),
+        };
+        let next = next_poll(&PollInput {
+            members: o.snapshot.members.len() as u32,
+            k: o.policy
+                .max_unavailable
+                .resolve(o.snapshot.desired_capacity),
+            rank,
+            drifted,
+            position,
+            budget,
+            round: o.boot + o.drain,
+            next_ready_in,
+            grace_left,
+        });
+        (decision, next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
