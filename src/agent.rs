@@ -18,6 +18,7 @@
 //! [`SHUTDOWN_DEADLINE`] for its tasks. Containers are never stopped on
 //! shutdown: restarting or upgrading berth causes no downtime.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use crate::desired::{self, Desired, Identity};
 use crate::local::LocalFile;
 use crate::manifest::Manifest;
 use crate::plan::Plan;
+use crate::rollout;
 use crate::runtime::Engine;
 use crate::runtime::auth::RegistryAuth;
 use crate::status::{AgentState, DriftEntry, Phase, Status};
@@ -94,9 +96,41 @@ pub struct NotInGroup {
 /// Why containers are being drained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DrainReason {
+    /// Local mode: drift.
     Drift,
+    /// EC2: the rollout gate said this instance's turn has come.
+    Retire,
     Terminating,
     Spot,
+}
+
+/// File in the data dir recording a retirement in progress, so an agent
+/// restart resumes it rather than starting over, and never terminates twice.
+pub const RETIRING_FILE: &str = "retiring.json";
+
+/// A retirement in progress.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retiring {
+    pub instance_id: String,
+    /// `TerminateInstanceInAutoScalingGroup` was (about to be) sent.
+    pub terminate_sent: bool,
+}
+
+impl Retiring {
+    /// The retirement in progress for `instance_id`, if any.
+    pub fn load(data_dir: &std::path::Path, instance_id: &str) -> Option<Retiring> {
+        let bytes = std::fs::read(data_dir.join(RETIRING_FILE)).ok()?;
+        serde_json::from_slice::<Retiring>(&bytes)
+            .ok()
+            .filter(|r| r.instance_id == instance_id)
+    }
+
+    fn save(&self, data_dir: &std::path::Path) {
+        let body = serde_json::to_vec_pretty(self).expect("retiring serializes");
+        if let Err(e) = crate::plan::atomic_write(data_dir, RETIRING_FILE, &body) {
+            tracing::error!(error = %e, "cannot record the retirement in the data dir");
+        }
+    }
 }
 
 /// The EC2 side: IMDS, the group's APIs, and who this instance is.
@@ -329,17 +363,52 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         pull_attempts: opts.manifest.agent.pull_attempts,
     };
     let status_watch = status_tx.subscribe();
-    let (sup, handle) = Supervisor::new(engine, plan.clone(), settings, status_tx, cancel.clone());
-    let reason: Arc<Mutex<Option<DrainReason>>> = Arc::default();
-    tracker.spawn(watch_desired(
-        opts.clone(),
-        source.clone(),
+    let (sup, handle) = Supervisor::new(
+        engine.clone(),
         plan.clone(),
-        handle.clone(),
-        reason.clone(),
+        settings,
+        status_tx,
         cancel.clone(),
-    ));
-    if let Source::Ec2(e) = &source {
+    );
+    let reason: Arc<Mutex<Option<DrainReason>>> = Arc::default();
+    let resuming = match &source {
+        Source::Ec2(e) => Retiring::load(&opts.data_dir, &e.meta.instance_id),
+        Source::Local(_) => None,
+    };
+    if let Some(r) = &resuming {
+        // A retirement was under way when the agent stopped: finish it.
+        tracing::warn!(
+            terminate_sent = r.terminate_sent,
+            "resuming the retirement of this instance"
+        );
+        *reason.lock().expect("drain reason lock") = Some(DrainReason::Retire);
+        handle.set_notes(
+            Some("retiring (resumed after an agent restart)".into()),
+            Vec::new(),
+        );
+        handle.drain();
+    } else if let Source::Ec2(e) = &source {
+        tracker.spawn(rollout(
+            (**e).clone(),
+            engine,
+            opts.clone(),
+            plan.clone(),
+            handle.clone(),
+            reason.clone(),
+            status_watch.clone(),
+            cancel.clone(),
+        ));
+    } else {
+        tracker.spawn(watch_desired(
+            opts.clone(),
+            source.clone(),
+            plan.clone(),
+            handle.clone(),
+            reason.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let (Source::Ec2(e), None) = (&source, &resuming) {
         let e = (**e).clone();
         tracker.spawn(tag_instance(
             e.clone(),
@@ -376,7 +445,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         && let Source::Ec2(e) = &source
     {
         let why = *reason.lock().expect("drain reason lock");
-        after_drain(e, why).await;
+        after_drain(e, why, &opts.data_dir).await;
     }
     cancel.cancel();
     finish(tracker, outcome).await
@@ -517,6 +586,272 @@ async fn watch_desired(
             return;
         }
     }
+}
+
+/// Assumed boot time (launch → ready) until this instance has seen its own.
+pub const ASSUMED_BOOT: Duration = Duration::from_secs(120);
+
+/// EC2: the drift watch and the rollout gate. Reads the group (one
+/// `DescribeAutoScalingGroups`, plus `DescribeInstances` for members' launch
+/// times and tags when drifted or when a member is new), asks
+/// [`rollout::Watch`] whether this instance may retire, and sleeps as the
+/// schedule says (±10 % jitter). Any error or missing data means no
+/// decision: the agent never retires on what it cannot read. On `Retire` it
+/// records the retirement in the data dir, tags `berth:state=retiring` and
+/// drains; the termination follows in [`after_drain`].
+#[allow(clippy::too_many_arguments)]
+async fn rollout(
+    e: Ec2,
+    engine: Engine,
+    opts: RunOptions,
+    plan: Plan,
+    handle: Handle,
+    reason: Arc<Mutex<Option<DrainReason>>>,
+    status: watch::Receiver<Arc<Status>>,
+    cancel: CancellationToken,
+) {
+    use crate::rollout::{Decision, ImageCheck, MemberView, Observation, Snapshot};
+    let pinned = plan.versions();
+    let me = e.meta.instance_id.clone();
+    let mut gate = rollout::Watch::default();
+    let mut launch_times: HashMap<String, u64> = HashMap::new();
+    let mut images_present: HashSet<String> = HashSet::new();
+    let mut my_boot: Option<Duration> = None;
+    let mut last_note: Option<String> = None;
+    let mut last_drift: Vec<DriftEntry> = Vec::new();
+    let mut head: Option<(String, Instant)> = None;
+    let mut failures = 0u32;
+    let drain = drain_estimate(&plan);
+    loop {
+        let look = async {
+            let snap = e.group.describe(&e.group_name).await?;
+            let (_, desired) =
+                desired::resolve(&e.identity(), &snap.tags, &opts.manifest).map(|d| ((), d))?;
+            let policy =
+                rollout::policy_from_tags(&snap.tags).map_err(|errors| desired::TagErrors {
+                    group: e.group_name.clone(),
+                    errors,
+                })?;
+            let drifted = desired.versions != pinned || desired.cluster != plan.cluster;
+            let unknown = snap
+                .members
+                .iter()
+                .any(|m| !launch_times.contains_key(&m.instance_id));
+            let infos = if drifted || unknown {
+                Some(e.group.instances(&e.group_name).await?)
+            } else {
+                None
+            };
+            let mut tags_of: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            for i in infos.into_iter().flatten() {
+                launch_times.insert(i.instance_id.clone(), i.launch_time);
+                tags_of.insert(i.instance_id, i.tags);
+            }
+            let now_s = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let members = snap
+                .members
+                .iter()
+                .map(|m| {
+                    let tags = tags_of.get(&m.instance_id);
+                    MemberView {
+                        id: m.instance_id.clone(),
+                        launch_time: launch_times.get(&m.instance_id).copied().unwrap_or(now_s),
+                        in_service: m.lifecycle_state == "InService",
+                        healthy: m.health_status == "Healthy",
+                        berth_state: tags.and_then(|t| t.get(rollout::TAG_STATE).cloned()),
+                        versions: tags
+                            .and_then(|t| t.get(rollout::TAG_VERSIONS))
+                            .and_then(|v| rollout::parse_versions(v)),
+                    }
+                })
+                .collect();
+            let image = if drifted {
+                check_images(
+                    &engine,
+                    &opts.manifest,
+                    &desired,
+                    &pinned,
+                    &mut images_present,
+                )
+                .await
+            } else {
+                ImageCheck::Present
+            };
+            Ok::<_, anyhow::Error>((
+                Snapshot {
+                    desired_capacity: snap.desired_capacity.max(0) as u32,
+                    members,
+                },
+                policy,
+                desired,
+                image,
+            ))
+        };
+        let wait = match look.await {
+            Err(err) => {
+                failures += 1;
+                let throttled = err
+                    .downcast_ref::<crate::aws::AwsError>()
+                    .is_some_and(|a| a.throttled);
+                let note = format!("desired state unreadable: {err:#}");
+                if last_note.as_ref() != Some(&note) {
+                    tracing::error!(error = %format!("{err:#}"), "cannot read the group; containers keep running, nothing is retired");
+                    handle.set_notes(Some(note.clone()), last_drift.clone());
+                    last_note = Some(note);
+                }
+                AWS_RETRY
+                    .delay(failures + u32::from(throttled), random_unit())
+                    .max(opts.manifest.agent.group_poll_interval.0)
+            }
+            Ok((snapshot, policy, desired, image)) => {
+                failures = 0;
+                if my_boot.is_none() && status.borrow().state == AgentState::Ready {
+                    let launched = launch_times.get(&me).copied().unwrap_or(0);
+                    let now_s = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    my_boot = Some(
+                        Duration::from_secs(now_s.saturating_sub(launched))
+                            .clamp(Duration::from_secs(10), Duration::from_secs(3600)),
+                    );
+                }
+                let drift = drift_entries(&plan, &pinned, &desired);
+                if drift != last_drift {
+                    for d in &drift {
+                        tracing::warn!(component = %d.component, pinned = %d.pinned, preferred = %d.preferred, "drift detected");
+                    }
+                    last_drift = drift.clone();
+                }
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let (decision, next) = gate.observe(&Observation {
+                    now_ms,
+                    snapshot: &snapshot,
+                    me: &me,
+                    pinned: &pinned,
+                    preferred: &desired.versions,
+                    policy: &policy,
+                    image: &image,
+                    boot: my_boot.unwrap_or(ASSUMED_BOOT),
+                    drain,
+                });
+                let note = match &decision {
+                    Decision::Retire => {
+                        "retiring: draining, then terminating in the group".to_string()
+                    }
+                    Decision::Wait(rollout::Wait::NoDrift) => String::new(),
+                    Decision::Wait(w) => {
+                        if let rollout::Wait::NotMyTurn { head: h, .. } = w {
+                            if head.as_ref().map(|(id, _)| id) != Some(h) {
+                                head = Some((h.clone(), Instant::now()));
+                            }
+                        } else {
+                            head = None;
+                        }
+                        let since = head
+                            .as_ref()
+                            .map(|(_, t)| {
+                                format!(
+                                    " (for {})",
+                                    humantime::format_duration(Duration::from_secs(
+                                        t.elapsed().as_secs()
+                                    ))
+                                )
+                            })
+                            .unwrap_or_default();
+                        format!("drift: rollout gate waits: {w}{since}")
+                    }
+                };
+                let note = (!note.is_empty()).then_some(note);
+                if note != last_note {
+                    match &note {
+                        Some(n) => tracing::info!(decision = %n, "rollout gate"),
+                        None => tracing::info!("no drift"),
+                    }
+                    handle.set_notes(note.clone(), drift.clone());
+                    last_note = note;
+                }
+                if decision == Decision::Retire {
+                    tracing::warn!(instance = %me, "rollout gate: this instance retires now");
+                    Retiring {
+                        instance_id: me.clone(),
+                        terminate_sent: false,
+                    }
+                    .save(&opts.data_dir);
+                    *reason.lock().expect("drain reason lock") = Some(DrainReason::Retire);
+                    if let Err(err) = e
+                        .group
+                        .tag_instance(&me, &[(rollout::TAG_STATE, "retiring")])
+                        .await
+                    {
+                        tracing::warn!(error = %err, "cannot tag the instance retiring");
+                    }
+                    handle.drain();
+                    return;
+                }
+                next.mul_f64(0.9 + 0.2 * random_unit())
+            }
+        };
+        if !sleep_or_cancel(&cancel, wait).await {
+            return;
+        }
+    }
+}
+
+/// How long draining this instance takes at most: each wave's longest grace period.
+fn drain_estimate(plan: &Plan) -> Duration {
+    plan.waves()
+        .iter()
+        .map(|w| {
+            w.iter()
+                .map(|&i| plan.components[i].spec.stop_grace_period.0)
+                .max()
+                .unwrap_or_default()
+        })
+        .sum()
+}
+
+/// Whether every changed component's preferred image exists in its registry.
+/// Positive answers are cached; a missing or unknown one is asked again next time.
+async fn check_images(
+    engine: &Engine,
+    manifest: &Manifest,
+    desired: &Desired,
+    pinned: &BTreeMap<String, String>,
+    present: &mut HashSet<String>,
+) -> rollout::ImageCheck {
+    let Some(cluster) = manifest.cluster(&desired.cluster) else {
+        return rollout::ImageCheck::Unknown(format!(
+            "cluster {} is not in the manifest",
+            desired.cluster
+        ));
+    };
+    for c in &cluster.containers {
+        let Some(v) = desired.versions.get(&c.name) else {
+            continue;
+        };
+        if pinned.get(&c.name) == Some(v) {
+            continue;
+        }
+        let image = c.image.replace(crate::manifest::VERSION_PLACEHOLDER, v);
+        if present.contains(&image) {
+            continue;
+        }
+        match engine.image_in_registry(&image, c.registry_auth).await {
+            Ok(true) => {
+                present.insert(image);
+            }
+            Ok(false) => return rollout::ImageCheck::Missing(image),
+            Err(err) => return rollout::ImageCheck::Unknown(format!("{image}: {err}")),
+        }
+    }
+    rollout::ImageCheck::Present
 }
 
 fn drift_entries(
@@ -816,41 +1151,73 @@ async fn watch_termination(
     }
 }
 
-/// After a drain on EC2: completes the terminating lifecycle hook, if the group has one.
-async fn after_drain(e: &Ec2, why: Option<DrainReason>) {
-    if !matches!(
-        why,
-        Some(DrainReason::Terminating) | Some(DrainReason::Spot)
-    ) {
-        return;
-    }
+/// After a drain on EC2: for a retirement, terminates the instance in its
+/// group (once: recorded in the data dir before the call); for a
+/// termination or spot notice, completes the group's terminating lifecycle
+/// hook, if it has one.
+async fn after_drain(e: &Ec2, why: Option<DrainReason>, data_dir: &std::path::Path) {
     let cancel = CancellationToken::new();
-    let give_up = Some(Instant::now() + Duration::from_secs(60));
-    let Some(hooks) = retry_aws("DescribeLifecycleHooks", &cancel, give_up, || {
-        e.group.hooks(&e.group_name)
-    })
-    .await
-    else {
-        return;
-    };
-    let terminating: Vec<Hook> = hooks
-        .into_iter()
-        .filter(|h| h.transition == asg::TERMINATING)
-        .collect();
-    for hook in terminating {
-        if retry_aws("CompleteLifecycleAction", &cancel, give_up, || {
-            e.group.complete_lifecycle_action(
-                &e.group_name,
-                &hook.name,
-                &e.meta.instance_id,
-                "CONTINUE",
-            )
-        })
-        .await
-        .is_some()
-        {
-            tracing::info!(hook = %hook.name, "terminating lifecycle action completed");
+    match why {
+        Some(DrainReason::Retire) => {
+            let me = &e.meta.instance_id;
+            let mut r = Retiring::load(data_dir, me).unwrap_or(Retiring {
+                instance_id: me.clone(),
+                terminate_sent: false,
+            });
+            if r.terminate_sent {
+                // Sent before an agent restart: send again only if the group still has us in service.
+                let give_up = Some(Instant::now() + Duration::from_secs(60));
+                let still = retry_aws("DescribeAutoScalingGroups", &cancel, give_up, || {
+                    e.group.describe(&e.group_name)
+                })
+                .await
+                .and_then(|s| s.member(me).map(|m| m.lifecycle_state.clone()));
+                if still.as_deref() != Some("InService") {
+                    tracing::info!(lifecycle_state = ?still, "termination already under way; not sending it again");
+                    return;
+                }
+            }
+            r.terminate_sent = true;
+            r.save(data_dir);
+            if retry_aws("TerminateInstanceInAutoScalingGroup", &cancel, None, || {
+                e.group.terminate(me)
+            })
+            .await
+            .is_some()
+            {
+                tracing::warn!(instance = %me, "retired: the group terminates this instance and launches a replacement");
+            }
         }
+        Some(DrainReason::Terminating) | Some(DrainReason::Spot) => {
+            let give_up = Some(Instant::now() + Duration::from_secs(60));
+            let Some(hooks) = retry_aws("DescribeLifecycleHooks", &cancel, give_up, || {
+                e.group.hooks(&e.group_name)
+            })
+            .await
+            else {
+                return;
+            };
+            let terminating: Vec<Hook> = hooks
+                .into_iter()
+                .filter(|h| h.transition == asg::TERMINATING)
+                .collect();
+            for hook in terminating {
+                if retry_aws("CompleteLifecycleAction", &cancel, give_up, || {
+                    e.group.complete_lifecycle_action(
+                        &e.group_name,
+                        &hook.name,
+                        &e.meta.instance_id,
+                        "CONTINUE",
+                    )
+                })
+                .await
+                .is_some()
+                {
+                    tracing::info!(hook = %hook.name, "terminating lifecycle action completed");
+                }
+            }
+        }
+        Some(DrainReason::Drift) | None => {}
     }
 }
 

@@ -205,25 +205,26 @@ impl Plan {
 
     /// Writes the pin atomically: temp file, fsync, rename, fsync the directory.
     pub fn save(&self, data_dir: &Path) -> Result<(), PinError> {
-        let path = Plan::path(data_dir);
-        let werr = |source| PinError::Write {
-            path: path.clone(),
+        let mut body = serde_json::to_vec_pretty(self).expect("plan serializes");
+        body.push(b'\n');
+        atomic_write(data_dir, PIN_FILE, &body).map_err(|source| PinError::Write {
+            path: Plan::path(data_dir),
             source,
-        };
-        std::fs::create_dir_all(data_dir).map_err(werr)?;
-        let tmp = data_dir.join(format!(".{PIN_FILE}.tmp"));
-        let body = serde_json::to_vec_pretty(self).expect("plan serializes");
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&body).map_err(werr)?;
-        f.write_all(b"\n").map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(werr)?;
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        })
     }
+}
+
+/// Writes `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
+/// A reader sees the old content or the new, never a mix; a crash leaves one of them.
+pub fn atomic_write(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -53,6 +53,15 @@ pub struct Hook {
     pub heartbeat_timeout_secs: i32,
 }
 
+/// One member as EC2 describes it: its launch time and tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    /// Seconds since the epoch.
+    pub launch_time: u64,
+    pub tags: BTreeMap<String, String>,
+}
+
 /// The Auto Scaling and EC2 APIs, as berth uses them.
 #[derive(Clone)]
 pub struct Group {
@@ -210,6 +219,67 @@ impl Group {
             .send()
             .await
             .map_err(|e| AwsError::sdk("SetInstanceHealth", instance_id, e))?;
+        Ok(())
+    }
+
+    /// The group's running members as EC2 sees them (`DescribeInstances`
+    /// filtered on the `aws:autoscaling:groupName` tag), all pages.
+    pub async fn instances(&self, group: &str) -> Result<Vec<InstanceInfo>, AwsError> {
+        use aws_sdk_ec2::types::Filter;
+        let mut out = Vec::new();
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:aws:autoscaling:groupName")
+                    .values(group)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::sdk("DescribeInstances", group, e))?;
+            for r in page.reservations() {
+                for i in r.instances() {
+                    let Some(id) = i.instance_id() else { continue };
+                    out.push(InstanceInfo {
+                        instance_id: id.to_string(),
+                        launch_time: i.launch_time().map_or(0, |t| t.secs().max(0) as u64),
+                        tags: i
+                            .tags()
+                            .iter()
+                            .filter_map(|t| {
+                                Some((
+                                    t.key()?.to_string(),
+                                    t.value().unwrap_or_default().to_string(),
+                                ))
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Terminates this instance in its group without lowering the desired
+    /// capacity, so the group launches a replacement.
+    pub async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance_id)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("TerminateInstanceInAutoScalingGroup", instance_id, e))?;
         Ok(())
     }
 

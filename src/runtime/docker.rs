@@ -173,6 +173,40 @@ impl Engine {
             .map_err(|e| e.to_string())
     }
 
+    /// Whether `image` exists in its registry (the engine's distribution
+    /// inspect, with the same credentials as pulls): `Ok(true)` exists,
+    /// `Ok(false)` the registry says it does not, `Err` could not tell.
+    pub async fn image_in_registry(
+        &self,
+        image: &str,
+        mode: super::auth::RegistryAuthMode,
+    ) -> Result<bool, String> {
+        let creds = self
+            .auth
+            .credentials(image, mode)
+            .await?
+            .map(|c| DockerCredentials {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                serveraddress: Some(c.server.clone()),
+                identitytoken: c.identity_token.clone(),
+                ..Default::default()
+            });
+        match self.docker.inspect_registry_image(image, creds).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            }) if status_code == 404
+                || message.contains("manifest unknown")
+                || message.contains("not found") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Every container of this namespace that carries the managed label, inspected.
     pub async fn list_managed(&self) -> Result<Vec<Observed>, EngineError> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(

@@ -32,6 +32,7 @@ pub mod auth_registry;
 pub mod docker;
 pub mod dockerd;
 pub mod fixture;
+pub mod fleet;
 pub mod http;
 pub mod http_server;
 pub mod imds;

@@ -1,0 +1,279 @@
+//! Fleet end-to-end: a group of real agents (one `berth run` per moto
+//! instance, each with its own IMDS emulator) on the real Docker engine,
+//! pulling from a real registry on loopback, rolling out through moto.
+//! See `support::fleet` for the harness. The Auto Scaling endpoint is the
+//! recording proxy in front of moto (`support::lifecycle_proxy`), which is
+//! also where AWS outages and throttling are injected.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::fleet::Fleet;
+use support::lifecycle_proxy::Fault;
+use support::*;
+
+const ROLLOUT: Duration = Duration::from_secs(240);
+const SIZE: usize = 4;
+
+/// Pushes `1`, `2` and `bad` (whose container exits at once) and returns the containers TOML.
+fn images(grace: &str, trap: bool) -> String {
+    let reg = shared_registry();
+    let repo = unique("fleet");
+    for (tag, marker) in [("1", "one"), ("2", "two"), ("bad", "bad")] {
+        push_variant(&reg.addr(), &repo, tag, marker);
+    }
+    let trap = if trap { "trap 'exit 0' TERM; " } else { "" };
+    format!(
+        "[[clusters.web.containers]]\nname = \"web\"\nimage = \"{}/{repo}:{{version}}\"\n\
+         command = [\"sh\", \"-c\", \"{trap}test \\\"$(cat /marker)\\\" != bad || exit 1; while true; do sleep 1; done\"]\n\
+         stop_grace_period = \"{grace}\"\nrestart = {{ initial_delay = \"200ms\", max_delay = \"1s\" }}\n",
+        reg.addr()
+    )
+}
+
+fn fleet(k: &str, extra_tags: &[(&str, &str)], grace: &str, trap: bool) -> Fleet {
+    let mut tags = vec![
+        ("berth:version", "1"),
+        ("berth:drift-grace", "0s"),
+        ("berth:max-unavailable", k),
+    ];
+    tags.extend_from_slice(extra_tags);
+    let f = Fleet::start(
+        SIZE as i32,
+        &tags,
+        &images(grace, trap),
+        "unhealthy_after = \"off\"",
+    );
+    wait_until("every member ready on 1", ROLLOUT, || {
+        (f.ready_on("1") == SIZE).then_some(())
+    });
+    f
+}
+
+/// Samples the gate's unavailable count until stopped; returns the maximum seen.
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(f: &Fleet) -> Monitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicUsize::new(0));
+        let (moto, group) = (f.moto.clone(), f.group.clone());
+        let (s, m) = (stop.clone(), max.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let ids = moto.group_instance_ids(&group);
+                let ready = ids
+                    .iter()
+                    .filter(|id| {
+                        moto.instance_tags(id)
+                            .get("berth:state")
+                            .map(String::as_str)
+                            == Some("ready")
+                    })
+                    .count();
+                m.fetch_max(SIZE.saturating_sub(ready), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Monitor {
+            stop,
+            max,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+fn all_say(f: &Fleet, what: &str, needle: &str) {
+    wait_until(what, ROLLOUT, || {
+        let s = f.statuses();
+        (s.len() == SIZE
+            && s.values()
+                .all(|s| s["message"].as_str().is_some_and(|m| m.contains(needle))))
+        .then_some(())
+    });
+}
+
+fn wait_rollout(f: &Fleet, originals: &[String]) {
+    wait_until(
+        "every member ready on 2, none of the originals left",
+        ROLLOUT,
+        || {
+            let ids = f.member_ids();
+            (f.ready_on("2") == SIZE
+                && ids.len() == SIZE
+                && !ids.iter().any(|i| originals.contains(i)))
+            .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_version_bump_replaces_every_instance_within_the_budget() {
+    let f = fleet("2", &[], "1s", true);
+    let originals = f.member_ids();
+    let monitor = Monitor::start(&f);
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    wait_rollout(&f, &originals);
+    let max = monitor.finish();
+    assert!(
+        max <= 2,
+        "at most max-unavailable (2) not ready at once, saw {max}"
+    );
+    assert!(max >= 1, "the monitor saw the rollout");
+    let terminated = f.terminated();
+    assert_eq!(
+        terminated,
+        originals.iter().cloned().collect(),
+        "each original retired once"
+    );
+    assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), SIZE);
+    for s in f.statuses().values() {
+        assert!(s["drift"].as_array().unwrap().is_empty(), "{s}");
+    }
+}
+
+#[test]
+fn a_preferred_image_that_does_not_exist_retires_nobody() {
+    let f = fleet("1", &[], "1s", true);
+    f.moto
+        .set_group_tags(&f.group, &[("berth:version", "nope")]);
+    all_say(
+        &f,
+        "every member says the image does not exist",
+        "does not exist in its registry",
+    );
+    // Several more looks at the group later, still nobody retired.
+    let calls = f.proxy.count("DescribeAutoScalingGroups");
+    wait_until("more polls", ROLLOUT, || {
+        (f.proxy.count("DescribeAutoScalingGroups") >= calls + 2 * SIZE).then_some(())
+    });
+    assert!(f.terminated().is_empty());
+    assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), 0);
+    assert_eq!(f.ready_on("1"), SIZE);
+}
+
+#[test]
+fn a_crash_looping_version_halts_the_rollout_after_max_unavailable() {
+    let f = fleet("1", &[], "1s", true);
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "bad")]);
+    wait_until("one instance retired", ROLLOUT, || {
+        (f.terminated().len() == 1).then_some(())
+    });
+    // The replacement never gets ready; everyone else waits for budget.
+    let survivors: Vec<String> = originals
+        .iter()
+        .filter(|i| !f.terminated().contains(*i))
+        .cloned()
+        .collect();
+    wait_until("the others wait for budget", ROLLOUT, || {
+        let s = f.statuses();
+        survivors
+            .iter()
+            .all(|id| {
+                s.get(id)
+                    .and_then(|s| s["message"].as_str())
+                    .is_some_and(|m| m.contains("no budget"))
+            })
+            .then_some(())
+    });
+    let replacement: Vec<String> = f
+        .member_ids()
+        .into_iter()
+        .filter(|i| !originals.contains(i))
+        .collect();
+    assert_eq!(replacement.len(), 1);
+    let s = f.statuses();
+    let web = &s[&replacement[0]]["components"][0];
+    assert_ne!(web["state"], "running", "the bad version never runs: {web}");
+    assert_eq!(f.terminated().len(), 1, "halted after max-unavailable (1)");
+    assert_eq!(f.ready_on("1"), SIZE - 1, "the old instances keep serving");
+}
+
+#[test]
+fn aws_throttling_or_outage_stops_retirements_while_it_lasts() {
+    let f = fleet("1", &[], "1s", true);
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    wait_until("the rollout started", ROLLOUT, || {
+        (!f.terminated().is_empty()).then_some(())
+    });
+    for fault in [Fault::Throttle, Fault::Unavailable] {
+        f.proxy.set_fault(fault);
+        let before = f.terminated().len();
+        let members_before = f.moto.group_instance_ids(&f.group);
+        all_say(&f, "every member reports the AWS error", "unreadable");
+        assert_eq!(
+            f.terminated().len(),
+            before,
+            "no termination during {fault:?}"
+        );
+        assert_eq!(f.moto.group_instance_ids(&f.group), members_before);
+        f.proxy.set_fault(Fault::None);
+        if fault == Fault::Throttle {
+            wait_until("the rollout resumed", ROLLOUT, || {
+                (f.terminated().len() > before).then_some(())
+            });
+        }
+    }
+    wait_rollout(&f, &originals);
+    assert_eq!(f.terminated().len(), SIZE);
+}
+
+#[test]
+fn a_paused_group_retires_nobody_until_resumed() {
+    let f = fleet("1", &[("berth:paused", "true")], "1s", true);
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    all_say(&f, "every member says paused", "paused");
+    assert!(f.terminated().is_empty());
+    f.moto.delete_group_tag(&f.group, "berth:paused");
+    wait_rollout(&f, &originals);
+    assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), SIZE);
+}
+
+#[test]
+fn an_agent_killed_while_retiring_resumes_and_terminates_once() {
+    // No trap: each stop takes the whole 4 s grace period, a window to kill in.
+    let f = fleet("1", &[], "4s", false);
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    let victim = wait_until("a member retiring", ROLLOUT, || {
+        originals
+            .iter()
+            .find(|id| {
+                f.moto
+                    .instance_tags(id)
+                    .get("berth:state")
+                    .is_some_and(|s| s == "retiring" || s == "draining")
+            })
+            .cloned()
+    });
+    f.with_member(&victim, |m| m.agent.as_mut().map(|a| a.signal(9)));
+    f.restart_agent(&victim);
+    wait_rollout(&f, &originals);
+    assert_eq!(f.terminated(), originals.iter().cloned().collect());
+    assert_eq!(
+        f.proxy.count("TerminateInstanceInAutoScalingGroup"),
+        SIZE,
+        "one termination per instance"
+    );
+    let log = f.log_of_terminated(&victim).expect("the victim's log");
+    assert!(
+        log.contains("resuming the retirement"),
+        "the restarted agent resumed: {log}"
+    );
+}
