@@ -399,7 +399,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             cancel.clone(),
         ));
     } else {
-        tracker.spawn(watch_desired(
+        tracker.spawn(watch_local(
             opts.clone(),
             source.clone(),
             plan.clone(),
@@ -522,12 +522,10 @@ async fn pin(
     }
 }
 
-/// Re-reads the desired state and compares it with the pin. In local mode,
-/// drift drains the instance. On EC2, drift is logged and shown; the
-/// instance keeps running what it pinned. A source that cannot be read or
-/// holds bad values is logged (once per distinct error) and changes nothing:
-/// containers keep running, nothing is retired. AWS throttling backs off.
-async fn watch_desired(
+/// Local mode's drift watch: re-reads the file; on drift, logs it and
+/// drains. A bad file is logged (once per distinct error) and changes
+/// nothing: containers keep running, nothing is retired.
+async fn watch_local(
     opts: RunOptions,
     source: Source,
     plan: Plan,
@@ -537,19 +535,11 @@ async fn watch_desired(
 ) {
     let pinned = plan.versions();
     let mut last: Option<Result<Vec<DriftEntry>, String>> = None;
-    let mut failures = 0u32;
     loop {
-        let read = source.desired(&opts.manifest).await;
-        let throttled = read
-            .as_ref()
-            .err()
-            .and_then(|e| e.downcast_ref::<crate::aws::AwsError>())
-            .is_some_and(|e| e.throttled);
-        let now = match read {
+        let now = match source.desired(&opts.manifest).await {
             Ok((_, desired)) => Ok(drift_entries(&plan, &pinned, &desired)),
             Err(e) => Err(format!("{e:#}")),
         };
-        failures = if now.is_err() { failures + 1 } else { 0 };
         if last.as_ref() != Some(&now) {
             match &now {
                 Err(e) => {
@@ -561,28 +551,15 @@ async fn watch_desired(
                     for e in d {
                         tracing::warn!(component = %e.component, pinned = %e.pinned, preferred = %e.preferred, "drift detected");
                     }
-                    if matches!(source, Source::Local(_)) {
-                        *reason.lock().expect("drain reason lock") = Some(DrainReason::Drift);
-                        handle.set_notes(Some("drift: draining for retirement".into()), d.clone());
-                        handle.drain();
-                        return;
-                    }
-                    handle.set_notes(
-                        Some("drift: this instance keeps running its pinned versions until it is replaced".into()),
-                        d.clone(),
-                    );
+                    *reason.lock().expect("drain reason lock") = Some(DrainReason::Drift);
+                    handle.set_notes(Some("drift: draining for retirement".into()), d.clone());
+                    handle.drain();
+                    return;
                 }
             }
             last = Some(now);
         }
-        let base = source.poll_interval(&opts.manifest);
-        let wait = if failures > 0 {
-            let backoff = AWS_RETRY.delay(failures + u32::from(throttled), random_unit());
-            backoff.max(base)
-        } else {
-            base.mul_f64(0.9 + 0.2 * random_unit())
-        };
-        if !sleep_or_cancel(&cancel, wait).await {
+        if !sleep_or_cancel(&cancel, source.poll_interval(&opts.manifest)).await {
             return;
         }
     }
