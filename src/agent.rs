@@ -570,7 +570,7 @@ pub const ASSUMED_BOOT: Duration = Duration::from_secs(120);
 
 /// EC2: the drift watch and the rollout gate. Reads the group (one
 /// `DescribeAutoScalingGroups`, plus `DescribeInstances` for members' launch
-/// times and tags when drifted or when a member is new), asks
+/// times and tags when drifted, and once at boot), asks
 /// [`rollout::Watch`] whether this instance may retire, and sleeps as the
 /// schedule says (±10 % jitter). Any error or missing data means no
 /// decision: the agent never retires on what it cannot read. On `Retire` it
@@ -602,18 +602,16 @@ async fn rollout(
     loop {
         let look = async {
             let snap = e.group.describe(&e.group_name).await?;
-            let (_, desired) =
-                desired::resolve(&e.identity(), &snap.tags, &opts.manifest).map(|d| ((), d))?;
+            let desired = desired::resolve(&e.identity(), &snap.tags, &opts.manifest)?;
             let policy =
                 rollout::policy_from_tags(&snap.tags).map_err(|errors| desired::TagErrors {
                     group: e.group_name.clone(),
                     errors,
                 })?;
             let drifted = desired.versions != pinned || desired.cluster != plan.cluster;
-            let unknown = snap
-                .members
-                .iter()
-                .any(|m| !launch_times.contains_key(&m.instance_id));
+            // At rest only this instance's own rank matters, and members not seen
+            // before are the youngest: one DescribeInstances at boot is enough.
+            let unknown = !launch_times.contains_key(&me);
             let infos = if drifted || unknown {
                 Some(e.group.instances(&e.group_name).await?)
             } else {
