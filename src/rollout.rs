@@ -9,7 +9,7 @@
 //! registries; the drift has lasted `berth:drift-grace`; the group is not
 //! `berth:paused`; this instance is itself ready; the budget
 //! `k − U > 0`, where `k` = `berth:max-unavailable` and
-//! `U = max(0, desired − ready)`; and this instance is among the first
+//! `U = max(desired, members) − ready`; and this instance is among the first
 //! `budget` drifted, ready members ordered by (launch time, instance id).
 //! Anything missing or unreadable means wait.
 //!
@@ -48,11 +48,18 @@ pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
 pub const GROUP_CALLS_PER_SEC: f64 = 1.0;
 /// No agent polls more often than this.
 pub const POLL_FLOOR: Duration = Duration::from_secs(5);
-/// Agents waiting in the next window share this many calls per second, so a
-/// large budget does not become a burst: their floor is `k / rate`.
-pub const WINDOW_CALLS_PER_SEC: f64 = 2.0;
-/// Slack added to "the earliest moment a booting member can be ready".
+/// Agents waiting for their turn share at least this many calls per second,
+/// so a large budget does not become a burst: their floor is `k / rate`.
+pub const WINDOW_CALLS_PER_SEC: f64 = 10.0;
+/// Slack added to the estimated moment of an agent's turn.
 pub const READY_SLACK: Duration = Duration::from_secs(3);
+/// At rest, no member waits longer than this fraction of a round for its
+/// first look, so the first windows of a rollout are not delayed by
+/// discovery (this costs more than 1 call/s only when the budget is large).
+pub const REST_MAX_FRACTION_OF_ROUND: f64 = 0.8;
+/// Drifted agents far back in line together make at most this many calls per
+/// second: their cap is `max(DRIFTED_POLL_CAP, n / rate)`.
+pub const BACK_OF_LINE_CALLS_PER_SEC: f64 = 0.25;
 /// Euler–Mascheroni constant: the harmonic sum `H_n ≈ ln n + γ`.
 const EULER_GAMMA: f64 = 0.5772;
 /// An agent never sleeps longer than this between polls once drifted.
@@ -286,10 +293,16 @@ pub fn line<'a>(
     l
 }
 
-/// `U = max(0, desired − ready)`.
+/// `U = max(desired, members) − ready`: every member that is not ready
+/// counts, and so does capacity the group still has to launch. (Not
+/// `desired − ready`: during a scale-in, when members outnumber the desired
+/// capacity, that would let several members retire at once.)
 pub fn unavailable(snapshot: &Snapshot) -> u32 {
     let ready = snapshot.members.iter().filter(|m| m.ready()).count() as u32;
-    snapshot.desired_capacity.saturating_sub(ready)
+    snapshot
+        .desired_capacity
+        .max(snapshot.members.len() as u32)
+        .saturating_sub(ready)
 }
 
 /// The gate. `drift_age`: how long this instance has seen drift (`None`: no drift).
@@ -347,6 +360,18 @@ pub fn decide(
     }
 }
 
+/// Where an agent stands, for the schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Standing {
+    /// Not drifted, or drifted but waiting on something other than its
+    /// turn (image, pause, its own readiness): the at-rest schedule.
+    AtRest,
+    /// Waiting out the drift grace; this much is left.
+    Grace(Duration),
+    /// Waiting for its turn, estimated to come in this long.
+    Turn(Duration),
+}
+
 /// What the schedule needs to know.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PollInput {
@@ -356,53 +381,88 @@ pub struct PollInput {
     pub k: u32,
     /// This instance's rank by (launch time, id) among members, 0 = oldest.
     pub rank: u32,
-    /// This instance has drifted.
-    pub drifted: bool,
-    /// The gate's last answer, if drifted.
-    pub position: Option<u32>,
-    pub budget: u32,
+    pub standing: Standing,
     /// How long one retirement round takes (drain + boot of the replacement).
     pub round: Duration,
-    /// The earliest moment, from now, a booting member can be ready.
-    pub next_ready_in: Option<Duration>,
-    /// Time left of the drift grace, if the gate waits on it.
-    pub grace_left: Option<Duration>,
 }
 
 /// How long to sleep before the next look at the group (before jitter).
 ///
-/// - At rest: `a · (1 + rank / k)` with `a = max(floor, (k / rate) · (ln(1 + n / k) + γ))`,
-///   so the whole group makes about `rate` calls per second at any size, and
-///   the oldest members, who go first, look most often.
-/// - Drifted, in the next window (position ≤ k): until the earliest moment a
-///   booting member can be ready, plus slack, but no sooner than the window
-///   floor `max(floor, k / window_rate)`.
-/// - Drifted, further back: half the time until its turn, `(position − 1) / k`
-///   rounds, capped.
+/// - At rest: `a · (1 + rank / k)` with
+///   `a = clamp((k / rate) · (ln(1 + n / k) + γ), floor, 0.8 · round)`, so the
+///   whole group makes about `rate` calls per second at any size (more only
+///   when the budget is large, so that discovery never delays the first
+///   windows), and the oldest members, who go first, look most often.
+/// - Waiting out the drift grace: until it ends.
+/// - Waiting for its turn: until the estimated turn (plus slack) when it is
+///   within two rounds; half of it when further, to correct the estimate as
+///   the rollout goes. Never sooner than `max(floor, k / window_rate)`, never
+///   later than `max(10 min, n / back_of_line_rate)`.
 pub fn next_poll(i: &PollInput) -> Duration {
     let k = i.k.max(1) as f64;
     let n = i.members.max(1) as f64;
     let floor = POLL_FLOOR;
-    if !i.drifted {
-        // Σ_r 1/(a(1 + r/k)) ≈ (k/a)(ln(1 + n/k) + γ): pick `a` to make it `rate`.
-        let a = floor
-            .as_secs_f64()
-            .max((k / GROUP_CALLS_PER_SEC) * ((1.0 + n / k).ln() + EULER_GAMMA));
-        return Duration::from_secs_f64(a * (1.0 + i.rank as f64 / k));
+    match i.standing {
+        Standing::AtRest => {
+            let budget_a = (k / GROUP_CALLS_PER_SEC) * ((1.0 + n / k).ln() + EULER_GAMMA);
+            let a = budget_a
+                .min(REST_MAX_FRACTION_OF_ROUND * i.round.as_secs_f64())
+                .max(floor.as_secs_f64());
+            Duration::from_secs_f64(a * (1.0 + i.rank as f64 / k))
+        }
+        Standing::Grace(left) => left.max(Duration::from_secs(1)),
+        Standing::Turn(t) => {
+            let window_floor = floor.max(Duration::from_secs_f64(k / WINDOW_CALLS_PER_SEC));
+            let cap = DRIFTED_POLL_CAP.max(Duration::from_secs_f64(n / BACK_OF_LINE_CALLS_PER_SEC));
+            let sleep = if t > i.round * 2 { t / 2 } else { t };
+            sleep.max(window_floor).min(cap)
+        }
     }
-    if let Some(left) = i.grace_left {
-        return left.max(Duration::from_secs(1));
-    }
-    let window_floor = floor.max(Duration::from_secs_f64(k / WINDOW_CALLS_PER_SEC));
-    let position = i.position.unwrap_or(i.rank + 1) as f64;
-    if position <= k {
-        let until = i.next_ready_in.map_or(window_floor, |t| t + READY_SLACK);
-        return until.max(window_floor).min(DRIFTED_POLL_CAP);
-    }
-    let rounds = (position - 1.0) / k;
-    Duration::from_secs_f64(0.5 * rounds * i.round.as_secs_f64())
-        .max(window_floor)
-        .min(DRIFTED_POLL_CAP)
+}
+
+/// When this agent's turn can come, from one snapshot: `needed` more slots
+/// must open. Slots open as not-ready members become ready (a booting
+/// replacement at its launch plus `boot`; a draining one after its drain and
+/// its replacement's boot); after those, one round per `k` slots.
+pub fn turn_in(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    needed: u32,
+    k: u32,
+    now_s: u64,
+    boot: Duration,
+    drain: Duration,
+) -> Duration {
+    let mut ready_at: Vec<u64> = snapshot
+        .members
+        .iter()
+        .filter(|m| !m.ready())
+        .map(|m| {
+            if m.drifted(preferred) {
+                now_s + (drain + boot).as_secs()
+            } else {
+                (m.launch_time + boot.as_secs()).max(now_s)
+            }
+        })
+        .collect();
+    // Capacity the group has yet to launch becomes ready a boot from now.
+    let missing = snapshot
+        .desired_capacity
+        .saturating_sub(snapshot.members.len() as u32);
+    ready_at.extend(std::iter::repeat_n(
+        now_s + boot.as_secs(),
+        missing as usize,
+    ));
+    ready_at.sort_unstable();
+    let needed = needed.max(1) as usize;
+    let at = if needed <= ready_at.len() {
+        ready_at[needed - 1]
+    } else {
+        let last = ready_at.last().copied().unwrap_or(now_s);
+        let more = (needed - ready_at.len()).div_ceil(k.max(1) as usize) as u64;
+        last + more * (drain + boot).as_secs()
+    };
+    Duration::from_secs(at.saturating_sub(now_s)) + READY_SLACK
 }
 
 /// The agent's side of the rollout, shared by the agent and the simulation:
@@ -451,32 +511,38 @@ impl Watch {
             .position(|m| m.id == o.me)
             .unwrap_or(order.len()) as u32;
         let now_s = o.now_ms / 1000;
-        let next_ready_in = o
-            .snapshot
-            .members
-            .iter()
-            .filter(|m| !m.ready() && !m.drifted(o.preferred))
-            .map(|m| Duration::from_secs((m.launch_time + o.boot.as_secs()).saturating_sub(now_s)))
-            .min();
-        let (position, budget, grace_left) = match &decision {
-            Decision::Wait(Wait::NotMyTurn {
-                position, budget, ..
-            }) => (Some(*position), *budget, None),
-            Decision::Wait(Wait::Grace(left)) => (None, 0, Some(*left)),
-            _ => (None, 0, None),
+        let k = o
+            .policy
+            .max_unavailable
+            .resolve(o.snapshot.desired_capacity);
+        let standing = match &decision {
+            Decision::Wait(Wait::Grace(left)) => Standing::Grace(*left),
+            Decision::Wait(Wait::NotMyTurn { .. }) | Decision::Wait(Wait::NoBudget { .. }) => {
+                let budget = k.saturating_sub(unavailable(o.snapshot));
+                let line = line(o.snapshot, o.preferred);
+                let position = line
+                    .iter()
+                    .position(|m| m.id == o.me)
+                    .map_or(line.len() + 1, |p| p + 1) as u32;
+                let needed = position.saturating_sub(budget);
+                Standing::Turn(turn_in(
+                    o.snapshot,
+                    o.preferred,
+                    needed,
+                    k,
+                    now_s,
+                    o.boot,
+                    o.drain,
+                ))
+            }
+            _ => Standing::AtRest,
         };
         let next = next_poll(&PollInput {
             members: o.snapshot.members.len() as u32,
-            k: o.policy
-                .max_unavailable
-                .resolve(o.snapshot.desired_capacity),
+            k,
             rank,
-            drifted,
-            position,
-            budget,
+            standing,
             round: o.boot + o.drain,
-            next_ready_in,
-            grace_left,
         });
         (decision, next)
     }
@@ -742,64 +808,116 @@ mod tests {
 
     #[test]
     fn schedule_spends_about_one_call_per_second_per_group_at_rest() {
-        for (n, k) in [(10u32, 1u32), (100, 1), (100, 10), (1000, 1), (1000, 100)] {
-            let rate: f64 = (0..n)
+        let round = Duration::from_secs(150);
+        let rate = |n: u32, k: u32| -> f64 {
+            (0..n)
                 .map(|rank| {
                     let d = next_poll(&PollInput {
                         members: n,
                         k,
                         rank,
-                        drifted: false,
-                        position: None,
-                        budget: 0,
-                        round: Duration::from_secs(150),
-                        next_ready_in: None,
-                        grace_left: None,
+                        standing: Standing::AtRest,
+                        round,
                     });
                     1.0 / d.as_secs_f64()
                 })
-                .sum();
-            assert!(
-                rate <= GROUP_CALLS_PER_SEC * 1.05,
-                "n={n} k={k}: {rate} calls/s"
-            );
+                .sum()
+        };
+        for (n, k) in [(10u32, 1u32), (100, 1), (100, 10), (1000, 1)] {
+            let r = rate(n, k);
+            assert!(r <= GROUP_CALLS_PER_SEC * 1.05, "n={n} k={k}: {r} calls/s");
         }
+        // A large budget trades calls for discovery: nobody waits past 0.8 of a round first.
+        let first = next_poll(&PollInput {
+            members: 1000,
+            k: 100,
+            rank: 0,
+            standing: Standing::AtRest,
+            round,
+        });
+        assert_eq!(first, Duration::from_secs(120));
+        assert!(rate(1000, 100) < 3.0);
     }
 
     #[test]
     fn schedule_when_drifted() {
-        let base = PollInput {
-            members: 100,
-            k: 10,
-            rank: 50,
-            drifted: true,
-            position: Some(51),
-            budget: 0,
-            round: Duration::from_secs(150),
-            next_ready_in: None,
-            grace_left: None,
+        let at = |k: u32, standing: Standing| {
+            next_poll(&PollInput {
+                members: 100,
+                k,
+                rank: 50,
+                standing,
+                round: Duration::from_secs(150),
+            })
         };
-        // Five rounds away: half of 5 × 150 s.
-        assert_eq!(next_poll(&base), Duration::from_secs(375));
-        // In the next window: until a booting member can be ready, plus slack.
-        let near = PollInput {
-            position: Some(3),
-            next_ready_in: Some(Duration::from_secs(40)),
-            ..base
-        };
-        assert_eq!(next_poll(&near), Duration::from_secs(43));
-        // The window floor scales with k.
-        let big = PollInput {
-            k: 100,
-            position: Some(3),
-            next_ready_in: Some(Duration::from_secs(1)),
-            ..base
-        };
-        assert_eq!(next_poll(&big), Duration::from_secs(50));
-        let grace = PollInput {
-            grace_left: Some(Duration::from_secs(12)),
-            ..base
-        };
-        assert_eq!(next_poll(&grace), Duration::from_secs(12));
+        assert_eq!(
+            at(10, Standing::Grace(Duration::from_secs(12))),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            at(10, Standing::Turn(Duration::from_secs(40))),
+            Duration::from_secs(40)
+        );
+        // Far away: half, to correct the estimate as the rollout goes.
+        assert_eq!(
+            at(10, Standing::Turn(Duration::from_secs(1000))),
+            Duration::from_secs(500)
+        );
+        // Never sooner than the window floor, which scales with k.
+        assert_eq!(at(10, Standing::Turn(Duration::from_secs(1))), POLL_FLOOR);
+        assert_eq!(
+            at(100, Standing::Turn(Duration::from_secs(1))),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn turn_estimates_follow_the_slots() {
+        let pref = v(NEW);
+        let (boot, drain) = (Duration::from_secs(120), Duration::from_secs(30));
+        let mut s = base();
+        // i-a was replaced 20 s ago by a booting i-new; i-b drains.
+        s.members[0] = member("i-new", 980, false, NEW);
+        s.members[1].berth_state = Some("retiring".into());
+        let now = 1000;
+        // First slot: i-new ready at 980 + 120 = 1100.
+        assert_eq!(
+            turn_in(&s, &pref, 1, 2, now, boot, drain),
+            Duration::from_secs(100) + READY_SLACK
+        );
+        // Second: i-b's replacement, a drain and a boot from now.
+        assert_eq!(
+            turn_in(&s, &pref, 2, 2, now, boot, drain),
+            Duration::from_secs(150) + READY_SLACK
+        );
+        // Beyond the known slots: whole rounds of k.
+        assert_eq!(
+            turn_in(&s, &pref, 4, 2, now, boot, drain),
+            Duration::from_secs(300) + READY_SLACK
+        );
+    }
+
+    #[test]
+    fn scale_in_never_lets_two_retire_at_once() {
+        // 3 ready members, desired 2, k = 1: the oldest may go ...
+        let mut s = fleet(
+            2,
+            vec![
+                member("i-a", 1, true, OLD),
+                member("i-b", 2, true, OLD),
+                member("i-c", 3, true, OLD),
+            ],
+        );
+        assert_eq!(go(&s, "i-a", Policy::default()), Decision::Retire);
+        // ... and once it drains, nobody else may.
+        s.members[0].berth_state = Some("retiring".into());
+        assert_eq!(unavailable(&s), 1);
+        assert_eq!(
+            go(&s, "i-b", Policy::default()),
+            Decision::Wait(Wait::NoBudget {
+                unavailable: 1,
+                max: 1
+            })
+        );
     }
 }
