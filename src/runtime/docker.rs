@@ -155,22 +155,31 @@ impl Engine {
         if let Some(t) = tag {
             opts = opts.tag(t);
         }
-        let creds = self
-            .auth
-            .credentials(reference, mode)
-            .await?
-            .map(|c| DockerCredentials {
-                username: c.username.clone(),
-                password: c.password.clone(),
-                serveraddress: Some(c.server.clone()),
-                identitytoken: c.identity_token.clone(),
-                ..Default::default()
-            });
+        let creds = self.credentials(reference, mode).await?;
         self.docker
             .create_image(Some(opts.build()), None, creds)
             .try_for_each(|_| async { Ok(()) })
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// The engine's form of the credentials `mode` gives for `image`.
+    async fn credentials(
+        &self,
+        image: &str,
+        mode: super::auth::RegistryAuthMode,
+    ) -> Result<Option<DockerCredentials>, String> {
+        Ok(self
+            .auth
+            .credentials(image, mode)
+            .await?
+            .map(|c| DockerCredentials {
+                username: c.username,
+                password: c.password,
+                serveraddress: Some(c.server),
+                identitytoken: c.identity_token,
+                ..Default::default()
+            }))
     }
 
     /// Whether `image` exists in its registry (the engine's distribution
@@ -181,17 +190,7 @@ impl Engine {
         image: &str,
         mode: super::auth::RegistryAuthMode,
     ) -> Result<bool, String> {
-        let creds = self
-            .auth
-            .credentials(image, mode)
-            .await?
-            .map(|c| DockerCredentials {
-                username: c.username.clone(),
-                password: c.password.clone(),
-                serveraddress: Some(c.server.clone()),
-                identitytoken: c.identity_token.clone(),
-                ..Default::default()
-            });
+        let creds = self.credentials(image, mode).await?;
         match self.docker.inspect_registry_image(image, creds).await {
             Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
