@@ -277,73 +277,20 @@ fn write_config(dir: &Path, port: u16) {
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Spawns `docker-registry serve DIR/config.yml` (output appended to
-/// `DIR/registry.log`) and waits until `GET /v2/` answers 401 anonymously
-/// and 200 with `auth` (an `Authorization` header value).
+/// Spawns `docker-registry serve DIR/config.yml` and waits until `GET /v2/`
+/// answers 401 anonymously (with this realm) and 200 with `auth` (an
+/// `Authorization` header value).
 fn launch(dir: &Path, port: u16, auth: &str) -> Result<(Child, ExitGuard), String> {
-    let config = dir.join("config.yml");
-    let log_file = log_path(dir);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_file)
-        .map_err(|e| format!("cannot open {}: {e}", log_file.display()))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| format!("cannot dup the log fd: {e}"))?;
-    let mut cmd = Command::new(REGISTRY_BIN);
-    cmd.arg("serve")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
-    // REGISTRY_* variables would override our config file.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("REGISTRY_") {
-            cmd.env_remove(&k);
-        }
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot spawn `{REGISTRY_BIN} serve {}`: {e}",
-            config.display()
-        )
-    })?;
-    let guard = ExitGuard::arm(child.id(), &config.to_string_lossy(), Some(dir));
-
-    let addr = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            guard.disarm();
-            return Err(format!(
-                "auth registry on {addr} exited during startup ({status}); log tail:\n{}",
-                tail_file(&log_file, 20)
-            ));
-        }
+    super::registry::spawn_registry(dir, port, "auth registry", |addr| {
         let challenged = matches!(
-            request(&addr, "GET", "/v2/", &[], &[], true),
+            request(addr, "GET", "/v2/", &[], &[], true),
             Ok(r) if r.status == 401
                 && r.header("www-authenticate").is_some_and(|v| v.contains(AUTH_REALM))
         );
-        let accepted = challenged
+        challenged
             && matches!(
-                request(&addr, "GET", "/v2/", &[("Authorization", auth)], &[], true),
+                request(addr, "GET", "/v2/", &[("Authorization", auth)], &[], true),
                 Ok(r) if r.status == 200
-            );
-        // Re-check liveness: answers from someone else's server on a port
-        // we failed to bind must not count.
-        if accepted && matches!(child.try_wait(), Ok(None)) {
-            return Ok((child, guard));
-        }
-        if start.elapsed() > READY_DEADLINE {
-            kill_child(&mut child);
-            guard.disarm();
-            return Err(format!(
-                "auth registry on {addr} not ready within {READY_DEADLINE:?}; log tail:\n{}",
-                tail_file(&log_file, 20)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            )
+    })
 }

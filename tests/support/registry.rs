@@ -119,6 +119,23 @@ fn log_path(dir: &Path) -> PathBuf {
 /// Spawns `docker-registry serve DIR/config.yml` (output appended to
 /// `DIR/registry.log`) and waits until it answers `GET /v2/` with 200.
 fn launch(dir: &Path, port: u16) -> Result<(Child, ExitGuard), String> {
+    spawn_registry(
+        dir,
+        port,
+        "registry",
+        |addr| matches!(request(addr, "GET", "/v2/", &[], &[], true), Ok(r) if r.status == 200),
+    )
+}
+
+/// Spawns `docker-registry serve DIR/config.yml` (output appended to
+/// `DIR/registry.log`, `REGISTRY_*` variables removed) and waits until
+/// `ready(addr)` holds while the process lives. `what` names it in errors.
+pub(crate) fn spawn_registry(
+    dir: &Path,
+    port: u16,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> Result<(Child, ExitGuard), String> {
     let config = dir.join("config.yml");
     let log_file = log_path(dir);
     let log = OpenOptions::new()
@@ -155,22 +172,20 @@ fn launch(dir: &Path, port: u16) -> Result<(Child, ExitGuard), String> {
         if let Ok(Some(status)) = child.try_wait() {
             guard.disarm();
             return Err(format!(
-                "registry on {addr} exited during startup ({status}); log tail:\n{}",
+                "{what} on {addr} exited during startup ({status}); log tail:\n{}",
                 tail_file(&log_file, 20)
             ));
         }
-        let ready =
-            matches!(request(&addr, "GET", "/v2/", &[], &[], true), Ok(r) if r.status == 200);
-        // Re-check liveness: a 200 from someone else's server on a port we
+        // Re-check liveness: answers from someone else's server on a port we
         // failed to bind must not count.
-        if ready && matches!(child.try_wait(), Ok(None)) {
+        if ready(&addr) && matches!(child.try_wait(), Ok(None)) {
             return Ok((child, guard));
         }
         if start.elapsed() > READY_DEADLINE {
             kill_child(&mut child);
             guard.disarm();
             return Err(format!(
-                "registry on {addr} not ready within {READY_DEADLINE:?}; log tail:\n{}",
+                "{what} on {addr} not ready within {READY_DEADLINE:?}; log tail:\n{}",
                 tail_file(&log_file, 20)
             ));
         }
