@@ -24,8 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "building berth (debug)"
-cargo build --quiet --bin berth
+say "building berth (debug; the first build takes several minutes)"
+cargo build --bin berth
 berth=$PWD/target/debug/berth
 
 say "building the demo images berth-demo/web:1.0 and :2.0 (FROM scratch + busybox)"
