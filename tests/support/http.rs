@@ -163,7 +163,8 @@ fn parse_response(raw: &[u8], head_only: bool) -> io::Result<HttpResponse> {
     Ok(resp)
 }
 
-fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
+/// Decodes a chunked HTTP/1.1 body (trailers are ignored).
+pub(crate) fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = data

@@ -493,7 +493,7 @@ fn parse_upstream_response(raw: &[u8], head_only: bool) -> io::Result<Response> 
     let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         Vec::new()
     } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        decode_chunked(rest)?
+        super::http::decode_chunked(rest)?
     } else if let Some(len) = header("content-length") {
         let len: usize = len
             .parse()
@@ -517,27 +517,4 @@ fn parse_upstream_response(raw: &[u8], head_only: bool) -> io::Result<Response> 
         headers,
         body,
     })
-}
-
-fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("chunk size line not terminated"))?;
-        let size_line = String::from_utf8_lossy(&data[..eol]);
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| bad(format!("bad chunk size {size_hex:?}")))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err(bad("chunk truncated"));
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }
