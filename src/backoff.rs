@@ -30,6 +30,14 @@ pub const IMAGE_PULL: RetryPolicy = RetryPolicy {
     max: Duration::from_secs(30),
 };
 
+/// One AWS call from the agent's loops: 1 s, 2 s, 4 s … capped at 60 s;
+/// throttling counts as one more attempt (the wait doubles).
+pub const AWS_CALL: RetryPolicy = RetryPolicy {
+    name: "aws-call",
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
 /// Reading the desired state before anything is pinned: 1 s … capped at 30 s.
 pub const DESIRED_STATE: RetryPolicy = RetryPolicy {
     name: "desired-state",
@@ -65,6 +73,70 @@ pub fn restart_delay(policy: &RestartPolicy, failures: u32, unit: f64) -> Durati
         exp(policy.initial_delay.0, policy.max_delay.0, failures - 2),
         unit,
     )
+}
+
+/// An error that knows whether trying again can help.
+pub trait Retryable: std::fmt::Display {
+    /// Throttling, a 5xx, a timeout, a network failure.
+    fn is_retryable(&self) -> bool;
+    /// The service said slow down: wait longer.
+    fn is_throttled(&self) -> bool {
+        false
+    }
+}
+
+/// Why [`retry`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum GaveUp<E: std::error::Error + 'static> {
+    /// A permanent error: retrying cannot help.
+    #[error("{0}")]
+    Permanent(#[source] E),
+    /// Still failing at the deadline; the last error.
+    #[error("{0} (still failing at the deadline)")]
+    Deadline(#[source] E),
+    /// Cancelled (shutdown).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The one retry loop: calls `call` until it succeeds, the error is
+/// permanent, `deadline` passes, or `cancel` fires, sleeping `policy`'s
+/// schedule (with jitter) between attempts. Logs each failure at WARN.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    what: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+    mut call: F,
+) -> Result<T, GaveUp<E>>
+where
+    E: Retryable + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        let err = tokio::select! {
+            _ = cancel.cancelled() => return Err(GaveUp::Cancelled),
+            r = call() => match r {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            },
+        };
+        if !err.is_retryable() {
+            return Err(GaveUp::Permanent(err));
+        }
+        attempt += 1;
+        let wait = policy.delay(attempt + u32::from(err.is_throttled()), random_unit());
+        if deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
+            return Err(GaveUp::Deadline(err));
+        }
+        tracing::warn!(error = %err, attempt, retry_in = ?wait, policy = policy.name, "{what} failed; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(GaveUp::Cancelled),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// A random unit in [0, 1) for jitter.

@@ -10,14 +10,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::manifest::{Manifest, VERSION_PLACEHOLDER};
+use crate::manifest::Manifest;
 
-/// Group tag naming the cluster; defaults to the group's name.
-pub const TAG_CLUSTER: &str = "berth:cluster";
-/// Group tag with the preferred version of every component.
-pub const TAG_VERSION: &str = "berth:version";
-/// Prefix of the per-component version tag, `berth:version:<component>`.
-pub const TAG_VERSION_PREFIX: &str = "berth:version:";
+pub use crate::tags::{TAG_CLUSTER, TAG_VERSION, TAG_VERSION_PREFIX};
 
 /// Who this instance is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -138,7 +133,7 @@ pub fn resolve(
         match tags.get(&own).or(default) {
             Some(v) => match check_version(v) {
                 Ok(()) => {
-                    let image = c.image.replace(VERSION_PLACEHOLDER, v);
+                    let image = crate::manifest::fill_version(&c.image, v);
                     let tag_len = image
                         .rsplit('/')
                         .next()
@@ -177,15 +172,42 @@ pub fn resolve(
     }
 }
 
-/// Components whose pinned version differs from the preferred one: `(component, pinned, preferred)`.
+/// A component (or the cluster) whose preferred value differs from the pinned one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DriftEntry {
+    /// The component, or [`CLUSTER_ENTRY`] for the cluster itself.
+    pub component: String,
+    pub pinned: String,
+    pub preferred: String,
+}
+
+/// The [`DriftEntry::component`] of a changed cluster.
+pub const CLUSTER_ENTRY: &str = "(cluster)";
+
+/// The one definition of drift, used by status, the local watch and the
+/// rollout gate: the cluster changed (a different container set), or a
+/// pinned component's preferred version differs. A component the
+/// preferred versions do not mention is not drift.
 pub fn drift(
+    pinned_cluster: &str,
     pinned: &BTreeMap<String, String>,
     preferred: &Desired,
-) -> Vec<(String, String, String)> {
+) -> Vec<DriftEntry> {
+    if preferred.cluster != pinned_cluster {
+        return vec![DriftEntry {
+            component: CLUSTER_ENTRY.into(),
+            pinned: pinned_cluster.to_string(),
+            preferred: preferred.cluster.clone(),
+        }];
+    }
     pinned
         .iter()
         .filter_map(|(c, v)| match preferred.versions.get(c) {
-            Some(p) if p != v => Some((c.clone(), v.clone(), p.clone())),
+            Some(p) if p != v => Some(DriftEntry {
+                component: c.clone(),
+                pinned: v.clone(),
+                preferred: p.clone(),
+            }),
             _ => None,
         })
         .collect()
@@ -285,8 +307,29 @@ image = "proxy:{version}"
             versions: [("app".into(), "1".into()), ("proxy".into(), "3".into())].into(),
         };
         assert_eq!(
-            drift(&pinned, &d),
-            vec![("proxy".into(), "2".into(), "3".into())]
+            drift("web", &pinned, &d),
+            vec![DriftEntry {
+                component: "proxy".into(),
+                pinned: "2".into(),
+                preferred: "3".into()
+            }]
+        );
+        // A changed cluster is drift even when every version is the same.
+        let moved = Desired {
+            cluster: "api".into(),
+            versions: pinned.clone(),
+        };
+        assert_eq!(drift("web", &pinned, &moved)[0].component, CLUSTER_ENTRY);
+        assert!(
+            drift(
+                "web",
+                &pinned,
+                &Desired {
+                    cluster: "web".into(),
+                    versions: pinned.clone()
+                }
+            )
+            .is_empty()
         );
     }
 

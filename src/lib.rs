@@ -15,8 +15,8 @@
 //! - The group's tags (`DescribeAutoScalingGroups`): the cluster and the
 //!   preferred versions ([`desired`]); its lifecycle hooks; IMDS's
 //!   `autoscaling/target-lifecycle-state` and `spot/instance-action`.
-//! - The pin in the data directory (`/var/lib/berth/pin.json`), once written
-//!   ([`plan`]).
+//! - The pin in the data directory (`/var/lib/berth/pin.json`), once written,
+//!   and on EC2 a retirement in progress (`retiring.json`) (`store`).
 //! - The Docker engine's state and event stream ([`runtime`]).
 //!
 //! # What it changes
@@ -24,68 +24,73 @@
 //! - Containers labelled `berth.managed=true` in its namespace: pulls,
 //!   creates, starts, restarts, replaces and (on retirement) stops them.
 //!   Never any other container.
-//! - The pin, written once per instance.
+//! - The data directory, private (0700, files 0600): the pin, written once
+//!   per instance, the retirement record, and restart counts.
 //! - EC2: its own instance's tags `berth:versions` and `berth:state`; the
 //!   group's launch and terminating lifecycle actions (completed); its own
 //!   health in the group (`Unhealthy` when a component stays failed).
-//! - Local mode: on drift it drains and exits with [`exit::RETIRED`].
+//! - Local mode: on drift it drains and exits with [`ExitCode::Drained`].
 //!
 //! Stopping the agent (SIGTERM/SIGINT) never stops the containers.
 //!
 //! # Exit codes
 //!
-//! | code | meaning |
-//! |---|---|
-//! | 0 ([`exit::OK`]) | stopped by a signal; or a command succeeded |
-//! | 1 ([`exit::FAILURE`]) | unexpected failure (e.g. the status address is in use) |
-//! | 2 ([`exit::USAGE`]) | bad command line |
-//! | 3 ([`exit::RETIRED`]) | containers drained: drift (local mode), or the group is terminating the instance |
-//! | 4 ([`exit::NOT_IN_GROUP`]) | EC2: the instance is not in an autoscaling group |
-//! | 78 ([`exit::CONFIG`]) | invalid manifest, local file or pin: fix the configuration |
+//! Errors map into a typed [`ExitCode`] (`error::Error::exit_code`):
 //!
-//! The systemd unit lists 3, 4 and 78 in `RestartPreventExitStatus=`.
+//! | code | meaning | systemd restarts? |
+//! |---|---|---|
+//! | 0 | stopped by a signal; or a command succeeded | yes (`Restart=always`), unless systemd itself stopped it |
+//! | 1 | unexpected failure (e.g. the status address is in use) | yes |
+//! | 2 | bad command line | yes |
+//! | 3 | containers drained: retirement, termination, spot, or drift in local mode | no |
+//! | 4 | EC2: the instance is not in an autoscaling group | no |
+//! | 75 | a temporary failure (I/O, network, AWS or IMDS unreachable), from one-shot commands such as `berth plan` | yes |
+//! | 78 | invalid configuration a person must fix: manifest, local file, tags, a status address that is not loopback, a corrupt file in the data dir | no |
+//!
+//! The systemd unit lists 3, 4 and 78 in `RestartPreventExitStatus=`. The
+//! daemon itself retries what can pass (IMDS, AWS, the engine, a full or
+//! read-only data dir) in-process, saying in its status what it waits for,
+//! so it does not depend on systemd's restarts (and their start limit).
 //!
 //! # Layout
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`manifest`] | the manifest's types, parsing and validation (pure) |
-//! | [`desired`] | identity, group tags → cluster and preferred versions, drift (pure) |
-//! | [`local`] | the local-mode file (identity + tags) |
-//! | [`plan`] | plan building and the pin on disk |
-//! | [`backoff`] | retry and restart schedules (pure) |
-//! | [`runtime`] | the Docker engine adapter (the only user of bollard) and registry credentials |
-//! | [`supervisor`] | keeps the pinned containers running: events, decisions, actions, drain |
-//! | [`status`] | the status model, the loopback HTTP API, `berth status` |
-//! | [`aws`] | the AWS adapters (the only users of the AWS SDK): SDK config, IMDS, the group, ECR |
-//! | [`agent`] | `berth run`: sources, pinning, drift watch, EC2 lifecycle, shutdown |
-//! | [`telemetry`] | logging setup |
+//! | `manifest` | the manifest's types, parsing and validation (pure) |
+//! | `tags` | every `berth:*` tag and lifecycle string (one home per fact) |
+//! | `desired` | identity, group tags → cluster and preferred versions; the one `drift()` (pure) |
+//! | `local` | the local-mode file (identity + tags) |
+//! | `plan` | plan building: manifest + versions → concrete container specs (pure) |
+//! | `store` | the data dir: the pin and the retirement record, private and atomic |
+//! | [`backoff`] | retry and restart schedules, and the one retry loop |
+//! | [`rollout`] | the rollout gate and polling schedule (pure) |
+//! | `runtime` | the `ContainerRuntime` seam and its Docker adapter (the only user of bollard) |
+//! | `supervisor` | keeps the pinned containers running: a pure reducer (`state`), its executor, the report, the drain |
+//! | `status` | the status model, the loopback HTTP API, `berth status` |
+//! | `aws` | the AWS adapters (the only users of the AWS SDK) and the `GroupApi` seam |
+//! | `daemon` | `berth run`: wiring and shutdown, boot, the local watch, the EC2 tasks, the rollout driver |
+//! | `error` | the errors `berth` ends with and their exit codes |
+//! | [`cli`] | the command line (`main` only parses and calls it) |
+//! | `telemetry` | logging setup |
+//!
+//! Only [`cli`], [`rollout`] and [`backoff`] are public: the simulation and
+//! property tests drive the latter two; the rest is the binary's own.
 
-pub mod agent;
-pub mod aws;
+mod aws;
 pub mod backoff;
-pub mod desired;
-pub mod local;
-pub mod manifest;
-pub mod plan;
+pub mod cli;
+mod daemon;
+mod desired;
+mod error;
+mod local;
+mod manifest;
+mod plan;
 pub mod rollout;
-pub mod runtime;
-pub mod status;
-pub mod supervisor;
-pub mod telemetry;
+mod runtime;
+mod status;
+mod store;
+mod supervisor;
+mod tags;
+mod telemetry;
 
-/// Process exit codes (see the table in the crate docs).
-pub mod exit {
-    /// Stopped by a signal, or the command succeeded.
-    pub const OK: u8 = 0;
-    /// Unexpected failure.
-    pub const FAILURE: u8 = 1;
-    /// Bad command line.
-    pub const USAGE: u8 = 2;
-    /// Drift: containers drained; the instance is to be retired.
-    pub const RETIRED: u8 = 3;
-    /// EC2: the instance is not a member of an autoscaling group.
-    pub const NOT_IN_GROUP: u8 = 4;
-    /// Invalid manifest, local file or pin (sysexits' `EX_CONFIG`).
-    pub const CONFIG: u8 = 78;
-}
+pub use error::ExitCode;

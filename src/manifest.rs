@@ -6,6 +6,14 @@
 //! cannot express and returns *every* problem at once, each with its field
 //! path, e.g. `clusters.web.containers[1].healthcheck.interval: must be > 0`.
 //!
+//! # Values are not quoted
+//!
+//! The manifest holds secrets (environment values), so no message about it
+//! quotes the document: a syntax or type error gives the field path, the
+//! line and the column, and a message with the offending value left out
+//! ([`without_values`]); output shows environment values as [`REDACTED`]
+//! ([`ContainerSpec::redacted`]).
+//!
 //! See `docs/manifest.md` for the format.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +32,13 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:7878";
 /// The placeholder an image reference carries for the component's version.
 pub const VERSION_PLACEHOLDER: &str = "{version}";
+/// What output shows instead of an environment value.
+pub const REDACTED: &str = "<redacted>";
+
+/// The one place the `{version}` template is filled: `reg/web:{version}` → `reg/web:1.4.2`.
+pub fn fill_version(image_template: &str, version: &str) -> String {
+    image_template.replace(VERSION_PLACEHOLDER, version)
+}
 
 /// A problem found in a manifest, with the path of the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +99,24 @@ impl<'de> Deserialize<'de> for Dur {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
             serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (e.g. \"10s\", \"1m\", \"500ms\")"
+                "invalid duration: {} (e.g. \"10s\", \"1m\", \"500ms\")",
+                duration_problem(&e)
             ))
         })
+    }
+}
+
+/// What is wrong with a duration, without quoting it (humantime's own
+/// message quotes the unit, or the number).
+fn duration_problem(e: &humantime::DurationError) -> String {
+    match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            "a number needs a time unit".to_string()
+        }
+        humantime::DurationError::UnknownUnit { start, .. } => {
+            format!("unknown time unit at {start}")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -110,26 +140,23 @@ impl<'de> Deserialize<'de> for Bytes {
 }
 
 /// Parses `"256MiB"`, `"1G"`, `"100m"`, `"4096"` into bytes (binary multiples for both `M` and `MiB`, as Docker does).
+/// Messages do not quote `s` (see the module docs).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid size {s:?} (e.g. \"256MiB\", \"1G\")"))?;
+        .map_err(|_| "invalid size: a number first (e.g. \"256MiB\", \"1G\")".to_string())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {s:?} (use k, M, G, KiB, MiB, GiB)"
-            ));
-        }
+        _ => return Err("invalid size unit (use k, M, G, KiB, MiB, GiB)".to_string()),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+        .ok_or_else(|| "size is too large".to_string())
 }
 
 /// The whole manifest file.
@@ -150,6 +177,10 @@ pub struct AgentSettings {
     pub data_dir: PathBuf,
     /// Loopback address of the status API (`/healthz`, `/status`).
     pub status_addr: String,
+    /// Allow a `status_addr` that is not loopback. The API has no
+    /// authentication: anyone who can reach it reads the status and can tie
+    /// up its connections.
+    pub status_allow_remote: bool,
     /// `text` (default) or `json` logs.
     pub log_format: LogFormat,
     /// Prefix of container names (`<namespace>-<component>`) and value of the
@@ -162,7 +193,8 @@ pub struct AgentSettings {
     pub local_poll_interval: Dur,
     /// Attempts per image pull before the pull is reported failed (and retried later).
     pub pull_attempts: u32,
-    /// EC2: how often the group's tags are read for drift (± jitter).
+    /// EC2: the least wait after a failed read of the group (± jitter).
+    /// Successful reads follow the rollout schedule ([`crate::rollout::next_poll`]).
     pub group_poll_interval: Dur,
     /// EC2: how often IMDS is asked whether the group is terminating this
     /// instance (`autoscaling/target-lifecycle-state`) or a spot interruption
@@ -198,7 +230,10 @@ impl<'de> Deserialize<'de> for OffOr {
         humantime::parse_duration(s.trim())
             .map(|d| OffOr(Some(d)))
             .map_err(|e| {
-                serde::de::Error::custom(format!("invalid duration {s:?}: {e} (or \"off\")"))
+                serde::de::Error::custom(format!(
+                    "invalid duration: {} (or \"off\")",
+                    duration_problem(&e)
+                ))
             })
     }
 }
@@ -208,6 +243,7 @@ impl Default for AgentSettings {
         AgentSettings {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             status_addr: DEFAULT_STATUS_ADDR.to_string(),
+            status_allow_remote: false,
             log_format: LogFormat::Text,
             namespace: "berth".to_string(),
             resync_interval: Dur(Duration::from_secs(30)),
@@ -311,6 +347,19 @@ pub struct ContainerSpec {
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default_restart")]
     pub restart: RestartPolicy,
+}
+
+impl ContainerSpec {
+    /// This spec for output: every environment value replaced by
+    /// [`REDACTED`], the names kept. Environment values are secrets; only
+    /// the engine and the pin get them.
+    pub fn redacted(&self) -> ContainerSpec {
+        let mut spec = self.clone();
+        for value in spec.env.values_mut() {
+            *value = REDACTED.to_string();
+        }
+        spec
+    }
 }
 
 fn is_default_auth(m: &RegistryAuthMode) -> bool {
@@ -442,14 +491,19 @@ impl Manifest {
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
         let a = &self.agent;
-        if a.status_addr.parse::<SocketAddr>().is_err() {
-            errs.push(
+        match a.status_addr.parse::<SocketAddr>() {
+            Err(_) => errs.push(
                 "agent.status_addr",
                 format!(
                     "{:?} is not an address like \"127.0.0.1:7878\"",
                     a.status_addr
                 ),
-            );
+            ),
+            Ok(addr) => {
+                if let Err(m) = crate::status::check_addr(addr, a.status_allow_remote) {
+                    errs.push("agent.status_addr", m);
+                }
+            }
         }
         if !is_name(&a.namespace) {
             errs.push("agent.namespace", name_rule(&a.namespace));
@@ -491,12 +545,14 @@ impl Manifest {
     }
 }
 
-/// Deserializes TOML, returning the failing field's path and the message.
+/// Deserializes TOML, returning the failing field's path and a message
+/// that never quotes the document: `line L, column C: <what is wrong>`,
+/// without the value (see the module docs).
 pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, (String, String)> {
     let de = toml::Deserializer::parse(text)
-        .map_err(|e| ("(syntax)".to_string(), one_line(&e.to_string())))?;
+        .map_err(|e| ("(syntax)".to_string(), describe(text, &e)))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
@@ -504,16 +560,79 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
         } else {
             path
         };
-        (path, one_line(&e.into_inner().to_string()))
+        (path, describe(text, e.inner()))
     })
+}
+
+/// Where and what, from a TOML error: its message and span only, never its
+/// `Display`, which quotes the line.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let what = without_values(&one_line(e.message()));
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && *l != "^")
+        .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A deserializer's message with the value it quotes left out.
+///
+/// Serde's own messages quote the offending value: `invalid type: string
+/// "…", expected a map`, `invalid value: integer `5`, expected …`,
+/// `unknown variant `…`, expected one of …`. They become `invalid type:
+/// string, expected a map`, `unknown variant, expected one of …`. What
+/// follows `, expected` comes from berth's types, not from the document, and
+/// stays. Names stay too (`unknown field `x``, `missing field `x``): they
+/// are keys, not values. berth's own deserializers and TOML's syntax
+/// messages never quote the document; serde_json's messages (the pin) have
+/// the same forms as the ones above.
+pub fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // `rest` is `<kind>[ <quoted value>], expected <what>`.
+            let (unexpected, expected) =
+                rest.split_at(rest.rfind(", expected ").unwrap_or(rest.len()));
+            let kind = unexpected
+                .split(['"', '`'])
+                .next()
+                .unwrap_or_default()
+                .trim_end();
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if message.starts_with("unknown variant `") {
+        let rest = &message["unknown variant ".len()..];
+        let tail = rest
+            .rfind(", expected ")
+            .or_else(|| rest.rfind(", there are no variants"))
+            .map_or("", |i| &rest[i..]);
+        return format!("unknown variant{tail}");
+    }
+    message.to_string()
 }
 
 #[derive(Default)]
@@ -726,7 +845,7 @@ pub fn check_image_template(image: &str) -> Result<(), String> {
             ));
         }
     }
-    let probe = image.replace(VERSION_PLACEHOLDER, "1.0.0");
+    let probe = fill_version(image, "1.0.0");
     if probe
         .bytes()
         .any(|b| !(b.is_ascii_alphanumeric() || b"._-/:".contains(&b)))
@@ -885,6 +1004,34 @@ healthcheck = { test = "true", interval = "1s", retries = 2 }
     }
 
     #[test]
+    fn redacted_keeps_environment_names_and_hides_values() {
+        let m = parse(&GOOD.replace(
+            "cpus = 0.5",
+            "cpus = 0.5\nenv = { DB_PASSWORD = \"hunter2\", A = \"\" }",
+        ))
+        .unwrap();
+        let spec = &m.clusters["web"].containers[1];
+        let shown = spec.redacted();
+        assert_eq!(
+            shown
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            [("A", REDACTED), ("DB_PASSWORD", REDACTED)]
+        );
+        assert_eq!(shown.env.len(), spec.env.len());
+        assert_eq!(
+            ContainerSpec {
+                env: spec.env.clone(),
+                ..shown
+            },
+            *spec,
+            "only values change"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_its_path() {
         let bad = GOOD.replace("cpus = 0.5", "cpus = 0.5\ncpu_shares = 3");
         let err = parse(&bad).unwrap_err().to_string();
@@ -901,6 +1048,107 @@ healthcheck = { test = "true", interval = "1s", retries = 2 }
             "{err}"
         );
         assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_give_the_line_and_column_and_never_quote_the_document() {
+        let secret = "hunter2-secret";
+        let cases = [
+            // (a line for the first container, the path)
+            (format!("env = {{ A = \"{secret}\" B = 1 }}"), "(syntax)"),
+            (format!("env = \"{secret}\""), "containers[0].env"),
+            (
+                format!("env = {{ A = [\"{secret}\"] }}"),
+                "containers[0].env.A",
+            ),
+            ("env = { A = 424242 }".to_string(), "containers[0].env.A"),
+            ("env = { A = 42.4242 }".to_string(), "containers[0].env.A"),
+            (format!("pull = \"{secret}\""), "containers[0].pull"),
+            (format!("restart = \"{secret}\""), "containers[0].restart"),
+            (format!("memory = \"{secret}\""), "containers[0].memory"),
+            (format!("memory = \"12{secret}\""), "containers[0].memory"),
+            (
+                format!("stop_grace_period = \"{secret}\""),
+                "containers[0].stop_grace_period",
+            ),
+            (
+                format!("stop_grace_period = \"1{secret}\""),
+                "containers[0].stop_grace_period",
+            ),
+            (
+                "stop_grace_period = \"424242\"".to_string(),
+                "containers[0].stop_grace_period",
+            ),
+            (format!("user = [\"{secret}\"]"), "containers[0].user"),
+        ];
+        for (line, path) in cases {
+            let text = GOOD.replace("ports = [", &format!("{line}\nports = ["));
+            let lineno = text.lines().position(|l| l == line).unwrap() + 1;
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                !err.contains(secret) && !err.contains("4242"),
+                "{line}: {err}"
+            );
+            assert!(err.contains(path), "{line}: {err}");
+            assert!(
+                err.contains(&format!("line {lineno}, column ")),
+                "{line}: {err}"
+            );
+        }
+        let agent = "[agent]\nunhealthy_after = \"1hunter2\"\n";
+        let err = parse(agent).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.unhealthy_after: line 2, column 19: invalid duration"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn values_are_left_out_of_serde_messages_and_names_kept() {
+        for (message, want) in [
+            (
+                r#"invalid type: string "a, expected b", expected a map"#,
+                "invalid type: string, expected a map",
+            ),
+            (
+                "invalid value: integer `7`, expected a nonzero u8",
+                "invalid value: integer, expected a nonzero u8",
+            ),
+            (
+                "invalid type: sequence, expected a string",
+                "invalid type: sequence, expected a string",
+            ),
+            (
+                "invalid type: floating point `0.5`, expected u32 at line 3 column 9",
+                "invalid type: floating point, expected u32 at line 3 column 9",
+            ),
+            (
+                "unknown variant `s3cr`et`, expected `missing` or `always`",
+                "unknown variant, expected `missing` or `always`",
+            ),
+            (
+                "unknown variant `s3cret`, there are no variants",
+                "unknown variant, there are no variants",
+            ),
+            (
+                "unknown field `cpu_shares`, expected one of `name`, `image`",
+                "unknown field `cpu_shares`, expected one of `name`, `image`",
+            ),
+            ("missing field `image`", "missing field `image`"),
+        ] {
+            assert_eq!(without_values(message), want);
+        }
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let text = "a\néé = x\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 2), (2, 1));
+        assert_eq!(line_column(text, "a\néé ".len()), (2, 4));
+        assert_eq!(line_column(text, 3), (2, 1), "inside a character");
+        assert_eq!(line_column(text, 999), (3, 1));
     }
 
     #[test]
@@ -939,6 +1187,34 @@ restart = { initial_delay = "1m", max_delay = "1s", failure_budget = 0 }
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn a_status_addr_off_loopback_needs_status_allow_remote() {
+        for addr in ["127.0.0.1:7878", "[::1]:7878"] {
+            let m = GOOD.replace("[agent]\n", &format!("[agent]\nstatus_addr = \"{addr}\"\n"));
+            assert!(parse(&m).is_ok(), "{addr}");
+        }
+        for addr in ["0.0.0.0:7878", "[::]:7878", "192.0.2.10:7878"] {
+            let m = GOOD.replace("[agent]\n", &format!("[agent]\nstatus_addr = \"{addr}\"\n"));
+            let Err(ManifestError::Invalid { errors, .. }) = parse(&m) else {
+                panic!("{addr} must be refused")
+            };
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].path, "agent.status_addr");
+            assert!(
+                errors[0].message.contains("agent.status_allow_remote"),
+                "{}",
+                errors[0]
+            );
+            let allowed = m.replace("[agent]\n", "[agent]\nstatus_allow_remote = true\n");
+            let ok = parse(&allowed).unwrap_or_else(|e| panic!("{addr} allowed: {e}"));
+            assert!(ok.agent.status_allow_remote);
+        }
+        assert!(
+            !parse(GOOD).unwrap().agent.status_allow_remote,
+            "off by default"
+        );
     }
 
     #[test]
@@ -986,5 +1262,109 @@ image = "b:{version}"
         );
         assert!(parse_port("0:80").is_err());
         assert!(parse_port("a:b:c:d").is_err());
+    }
+}
+
+#[cfg(test)]
+mod reference {
+    //! docs/manifest.md is the manifest's reference: every key its tables
+    //! name must be one the parser knows, and every setting the parser
+    //! knows must be in the tables, so the two cannot drift apart.
+    use super::*;
+
+    const DOC: &str = include_str!("../docs/manifest.md");
+
+    /// The first-column keys of the table under `heading`.
+    fn keys(heading: &str) -> Vec<String> {
+        let start = DOC
+            .find(heading)
+            .unwrap_or_else(|| panic!("{heading} in the doc"));
+        DOC[start..]
+            .lines()
+            .skip(1)
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cell = l.split('|').nth(1)?.trim();
+                Some(cell.strip_prefix('`')?.strip_suffix('`')?.to_string())
+            })
+            .collect()
+    }
+
+    /// Whether the parser knows `key` in `table` (an unknown field is the
+    /// only error that says so; a wrong value type is fine here).
+    fn known(toml_for: impl Fn(&str) -> String, key: &str) -> bool {
+        match Manifest::parse(&toml_for(key), Path::new("m.toml")) {
+            Ok(_) => true,
+            Err(e) => !e.to_string().contains("unknown field"),
+        }
+    }
+
+    /// The keys the parser accepts where `text` has the unknown key `zzz`.
+    fn parser_keys(text: &str) -> Vec<String> {
+        let e = Manifest::parse(text, Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        let list = e
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{e}"));
+        list.split(", ")
+            .map(|k| k.trim_matches('`').to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_documented_agent_setting_is_parsed_and_every_setting_is_documented() {
+        let doc = keys("## `[agent]`");
+        assert!(doc.len() >= 10, "{doc:?}");
+        for k in &doc {
+            assert!(
+                known(|k| format!("[agent]\n{k} = 0\n"), k),
+                "docs/manifest.md documents agent.{k}, which the parser does not know"
+            );
+        }
+        let real = parser_keys("[agent]\nzzz = 0\n");
+        assert!(real.len() >= 10, "{real:?}");
+        for k in real {
+            assert!(
+                doc.contains(&k),
+                "agent.{k} is not documented in docs/manifest.md"
+            );
+        }
+    }
+
+    #[test]
+    fn every_documented_container_key_is_parsed() {
+        let doc = keys("## Containers");
+        assert!(doc.len() >= 15, "{doc:?}");
+        let container = |k: &str| {
+            format!(
+                "[[clusters.web.containers]]\nname = \"web\"\nimage = \"web:{{version}}\"\n{}\n",
+                if k == "name" || k == "image" {
+                    String::new()
+                } else {
+                    format!("{k} = 0")
+                }
+            )
+        };
+        for k in &doc {
+            assert!(
+                known(container, k),
+                "docs/manifest.md documents container key {k}, which the parser does not know"
+            );
+        }
+        // And the reverse: every key the parser takes (its unknown-field
+        // error lists them all) is in the doc.
+        for k in parser_keys(&container("zzz")) {
+            assert!(
+                doc.contains(&k),
+                "container key {k} is not documented in docs/manifest.md"
+            );
+        }
+        assert!(
+            !known(container, "cpu_shares"),
+            "the check itself tells unknown keys"
+        );
     }
 }

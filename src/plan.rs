@@ -1,25 +1,22 @@
 //! Plan and pin: manifest + preferred versions = concrete container specs,
-//! written once per instance to the data directory.
+//! written once per instance to the data directory ([`crate::store`]).
 //!
 //! The pin is the instance's promise never to change what it runs. It is
-//! written with an atomic write (temp file, fsync, rename, fsync of the
-//! directory), re-read on every agent start, and only ever completed (image
-//! ids and digests recorded after the first pull), never re-resolved. A pin
-//! written for another instance id (say, a data directory baked into a
-//! machine image by mistake) is ignored and replaced.
+//! re-read on every agent start, and only ever completed (image ids and
+//! digests recorded after the first pull), never re-resolved. A pin written
+//! for another instance id (say, a data directory baked into a machine
+//! image by mistake) is ignored and replaced.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::desired::{Desired, Identity};
-use crate::manifest::{self, ContainerSpec, Manifest, VERSION_PLACEHOLDER};
+use crate::manifest::{self, ContainerSpec, Manifest};
+use crate::store::{Store, StoreError};
 
-/// File name of the pin inside the data directory.
-pub const PIN_FILE: &str = "pin.json";
 /// Format version of the pin file.
 pub const PIN_FORMAT: u32 = 1;
 
@@ -78,23 +75,6 @@ fn hex12(bytes: &[u8]) -> String {
     bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Why a pin could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    #[error("cannot read pin {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("pin {path} is corrupt ({message}); move it away to let berth pin anew")]
-    Corrupt { path: PathBuf, message: String },
-    #[error("cannot write pin {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 impl Plan {
     /// Builds the plan for `desired` from the manifest. `desired` must come
     /// from [`crate::desired::resolve`] against the same manifest.
@@ -112,7 +92,7 @@ impl Plan {
             .iter()
             .map(|c| {
                 let version = desired.versions[&c.name].clone();
-                let image = c.image.replace(VERSION_PLACEHOLDER, &version);
+                let image = manifest::fill_version(&c.image, &version);
                 let mut spec = c.clone();
                 spec.image = image.clone();
                 PlannedComponent {
@@ -139,6 +119,16 @@ impl Plan {
             pinned_at: now_unix,
             components,
         }
+    }
+
+    /// This plan for output (`berth plan`): environment values redacted
+    /// ([`ContainerSpec::redacted`]). Never run or pin it.
+    pub fn redacted(&self) -> Plan {
+        let mut plan = self.clone();
+        for c in &mut plan.components {
+            c.spec = c.spec.redacted();
+        }
+        plan
     }
 
     /// The pinned version of each component.
@@ -177,54 +167,25 @@ impl Plan {
             .collect()
     }
 
-    /// Path of the pin inside `data_dir`.
-    pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join(PIN_FILE)
-    }
-
-    /// Loads the pin, if there is one.
-    pub fn load(data_dir: &Path) -> Result<Option<Plan>, PinError> {
-        let path = Plan::path(data_dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(PinError::Read { path, source }),
-        };
-        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| PinError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if plan.format != PIN_FORMAT {
-            return Err(PinError::Corrupt {
-                path,
-                message: format!("format {} is not {PIN_FORMAT}", plan.format),
-            });
-        }
-        Ok(Some(plan))
-    }
-
-    /// Writes the pin atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save(&self, data_dir: &Path) -> Result<(), PinError> {
-        let mut body = serde_json::to_vec_pretty(self).expect("plan serializes");
-        body.push(b'\n');
-        atomic_write(data_dir, PIN_FILE, &body).map_err(|source| PinError::Write {
-            path: Plan::path(data_dir),
-            source,
-        })
+    /// Writes the pin into `data_dir`: [`Store::save_pin`], for callers
+    /// that hold only the directory.
+    pub fn save(&self, data_dir: &Path) -> Result<(), StoreError> {
+        Store::at(data_dir).save_pin(self)
     }
 }
 
-/// Writes `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
-/// A reader sees the old content or the new, never a mix; a crash leaves one of them.
-pub fn atomic_write(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+/// A plan for tests: instance `i-1` in group `web`, every component at
+/// `version`, from a manifest's TOML text.
+#[cfg(test)]
+pub(crate) fn for_tests(manifest_toml: &str, version: &str) -> Plan {
+    let m = Manifest::parse(manifest_toml, Path::new("m.toml")).expect("test manifest parses");
+    let id = Identity {
+        instance_id: "i-1".into(),
+        group: "web".into(),
+    };
+    let tags = [("berth:version".to_string(), version.to_string())].into();
+    let d = crate::desired::resolve(&id, &tags, &m).expect("test tags resolve");
+    Plan::build(&id, &d, &m, 7)
 }
 
 #[cfg(test)]
@@ -282,26 +243,20 @@ image = "db:{version}"
     }
 
     #[test]
-    fn save_load_round_trip_and_no_temp_left() {
-        let (id, d, m) = setup();
-        let dir = tempfile::tempdir().unwrap();
-        assert!(Plan::load(dir.path()).unwrap().is_none());
-        let mut p = Plan::build(&id, &d, &m, 7);
-        p.components[1].image_id = Some("sha256:abc".into());
-        p.save(dir.path()).unwrap();
-        assert_eq!(Plan::load(dir.path()).unwrap(), Some(p));
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(PIN_FILE)]);
-    }
-
-    #[test]
-    fn corrupt_pin_is_an_error_not_a_new_pin() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(PIN_FILE), b"{ half").unwrap();
-        let e = Plan::load(dir.path()).unwrap_err();
-        assert!(matches!(e, PinError::Corrupt { .. }), "{e}");
+    fn redacted_hides_environment_values_only() {
+        let (id, d, mut m) = setup();
+        m.clusters.get_mut("web").unwrap().containers[0]
+            .env
+            .insert("DB_PASSWORD".into(), "hunter2".into());
+        let p = Plan::build(&id, &d, &m, 7);
+        let shown = p.redacted();
+        assert_eq!(
+            shown.components[0].spec.env["DB_PASSWORD"],
+            manifest::REDACTED
+        );
+        assert!(!serde_json::to_string(&shown).unwrap().contains("hunter2"));
+        let mut back = shown.clone();
+        back.components[0].spec.env = p.components[0].spec.env.clone();
+        assert_eq!(back, p, "only the values differ");
     }
 }

@@ -31,16 +31,7 @@ use std::time::Duration;
 
 use crate::desired::TagError;
 
-/// Group tag: the rollout budget, a count (`2`) or a percent (`10%`) of desired capacity.
-pub const TAG_MAX_UNAVAILABLE: &str = "berth:max-unavailable";
-/// Group tag: how long drift must persist before retiring.
-pub const TAG_DRIFT_GRACE: &str = "berth:drift-grace";
-/// Group tag: `true` stops all retirements.
-pub const TAG_PAUSED: &str = "berth:paused";
-/// Instance tag: the pin, `web=1.4.2,proxy=0.9.1`.
-pub const TAG_VERSIONS: &str = "berth:versions";
-/// Instance tag: `starting`, `ready`, `degraded`, `draining`, `retiring`.
-pub const TAG_STATE: &str = "berth:state";
+pub use crate::tags::{TAG_DRIFT_GRACE, TAG_MAX_UNAVAILABLE, TAG_PAUSED, TAG_STATE, TAG_VERSIONS};
 
 /// Default drift grace.
 pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
@@ -180,17 +171,25 @@ pub struct MemberView {
     pub berth_state: Option<String>,
     /// The member's `berth:versions` tag, parsed.
     pub versions: Option<BTreeMap<String, String>>,
+    /// The member's `berth:pinned-cluster` tag.
+    pub cluster: Option<String>,
 }
 
 impl MemberView {
     /// InService, Healthy and tagged `berth:state=ready`.
     pub fn ready(&self) -> bool {
-        self.in_service && self.healthy && self.berth_state.as_deref() == Some("ready")
+        self.in_service
+            && self.healthy
+            && self.berth_state.as_deref() == Some(crate::tags::InstanceState::Ready.as_str())
     }
 
-    /// Runs versions other than `preferred` (unknown versions are not drift).
-    pub fn drifted(&self, preferred: &BTreeMap<String, String>) -> bool {
-        self.versions.as_ref().is_some_and(|v| v != preferred)
+    /// Runs versions other than `preferred`, or a cluster other than the
+    /// group's (unknown versions or clusters are not drift): the same rule
+    /// as [`crate::desired::drift`], read from the member's tags.
+    pub fn drifted(&self, preferred: &BTreeMap<String, String>, cluster: Option<&str>) -> bool {
+        let versions = self.versions.as_ref().is_some_and(|v| v != preferred);
+        let moved = matches!((self.cluster.as_deref(), cluster), (Some(a), Some(b)) if a != b);
+        versions || moved
     }
 }
 
@@ -199,6 +198,8 @@ impl MemberView {
 pub struct Snapshot {
     pub desired_capacity: u32,
     pub members: Vec<MemberView>,
+    /// The group's preferred cluster (`None`: not known, only versions count).
+    pub cluster: Option<String>,
 }
 
 /// Whether the new preferred images exist in their registries.
@@ -287,7 +288,7 @@ pub fn line<'a>(
     let mut l: Vec<&MemberView> = snapshot
         .members
         .iter()
-        .filter(|m| m.ready() && m.drifted(preferred))
+        .filter(|m| m.ready() && m.drifted(preferred, snapshot.cluster.as_deref()))
         .collect();
     l.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
     l
@@ -438,7 +439,7 @@ pub fn turn_in(
         .iter()
         .filter(|m| !m.ready())
         .map(|m| {
-            if m.drifted(preferred) {
+            if m.drifted(preferred, snapshot.cluster.as_deref()) {
                 now_s + (drain + boot).as_secs()
             } else {
                 (m.launch_time + boot.as_secs()).max(now_s)
@@ -481,7 +482,8 @@ pub struct Observation<'a> {
     pub now_ms: u64,
     pub snapshot: &'a Snapshot,
     pub me: &'a str,
-    pub pinned: &'a BTreeMap<String, String>,
+    /// This instance has drifted, by [`crate::desired::drift`].
+    pub drifted: bool,
     pub preferred: &'a BTreeMap<String, String>,
     pub policy: &'a Policy,
     pub image: &'a ImageCheck,
@@ -494,7 +496,7 @@ pub struct Observation<'a> {
 impl Watch {
     /// Decides, and says when to look again (before jitter).
     pub fn observe(&mut self, o: &Observation<'_>) -> (Decision, Duration) {
-        let drifted = o.pinned != o.preferred;
+        let drifted = o.drifted;
         self.drift_since_ms = match (drifted, self.drift_since_ms) {
             (false, _) => None,
             (true, None) => Some(o.now_ms),
@@ -564,13 +566,48 @@ mod tests {
             healthy: true,
             berth_state: Some(if ready { "ready" } else { "starting" }.into()),
             versions: Some(v(versions)),
+            cluster: None,
         }
+    }
+
+    /// Defect: a `berth:cluster` change with the same versions showed drift
+    /// in status but never retired. Drift is one rule: a member whose pinned
+    /// cluster differs from the group's is in line like a version change.
+    #[test]
+    fn a_changed_cluster_with_the_same_versions_is_drift_and_retires() {
+        let mut me = member("i-1", 10, true, OLD);
+        me.cluster = Some("web".into());
+        let mut other = member("i-2", 20, true, OLD);
+        other.cluster = Some("web".into());
+        let snap = Snapshot {
+            desired_capacity: 2,
+            members: vec![me, other],
+            cluster: Some("api".into()),
+        };
+        let preferred = v(OLD);
+        assert_eq!(line(&snap, &preferred).len(), 2);
+        let d = decide(
+            &snap,
+            "i-1",
+            &preferred,
+            &Policy::default(),
+            Some(DEFAULT_DRIFT_GRACE),
+            &ImageCheck::Present,
+        );
+        assert_eq!(d, Decision::Retire);
+        // Same cluster, same versions: nobody is in line.
+        let same = Snapshot {
+            cluster: Some("web".into()),
+            ..snap
+        };
+        assert!(line(&same, &preferred).is_empty());
     }
 
     fn fleet(desired: u32, members: Vec<MemberView>) -> Snapshot {
         Snapshot {
             desired_capacity: desired,
             members,
+            cluster: None,
         }
     }
 

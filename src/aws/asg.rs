@@ -6,17 +6,13 @@
 //! retire now".
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling::Client as AsgClient;
 use aws_sdk_ec2::Client as Ec2Client;
 
-use super::AwsError;
-
-/// Lifecycle transition of launch hooks.
-pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
-/// Lifecycle transition of terminate hooks.
-pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+use super::{AwsError, AwsOp};
 
 /// One member of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +82,7 @@ impl Group {
             .instance_ids(instance_id)
             .send()
             .await
-            .map_err(|e| AwsError::sdk("DescribeAutoScalingInstances", instance_id, e))?;
+            .map_err(|e| AwsError::sdk(AwsOp::DescribeAutoScalingInstances, instance_id, e))?;
         Ok(out
             .auto_scaling_instances()
             .iter()
@@ -101,12 +97,14 @@ impl Group {
             .auto_scaling_group_names(group)
             .send()
             .await
-            .map_err(|e| AwsError::sdk("DescribeAutoScalingGroups", group, e))?;
+            .map_err(|e| AwsError::sdk(AwsOp::DescribeAutoScalingGroups, group, e))?;
         let g = out
             .auto_scaling_groups()
             .iter()
             .find(|g| g.auto_scaling_group_name() == Some(group))
-            .ok_or_else(|| AwsError::new("DescribeAutoScalingGroups", group, "no such group"))?;
+            .ok_or_else(|| {
+                AwsError::permanent(AwsOp::DescribeAutoScalingGroups, group, "no such group")
+            })?;
         Ok(GroupSnapshot {
             name: group.to_string(),
             tags: g
@@ -145,7 +143,7 @@ impl Group {
             .auto_scaling_group_name(group)
             .send()
             .await
-            .map_err(|e| AwsError::sdk("DescribeLifecycleHooks", group, e))?;
+            .map_err(|e| AwsError::sdk(AwsOp::DescribeLifecycleHooks, group, e))?;
         Ok(out
             .lifecycle_hooks()
             .iter()
@@ -177,7 +175,7 @@ impl Group {
             .await
             .map_err(|e| {
                 AwsError::sdk(
-                    "CompleteLifecycleAction",
+                    AwsOp::CompleteLifecycleAction,
                     format!("{group}/{hook}/{instance_id}"),
                     e,
                 )
@@ -201,7 +199,7 @@ impl Group {
             .await
             .map_err(|e| {
                 AwsError::sdk(
-                    "RecordLifecycleActionHeartbeat",
+                    AwsOp::RecordLifecycleActionHeartbeat,
                     format!("{group}/{hook}/{instance_id}"),
                     e,
                 )
@@ -218,7 +216,7 @@ impl Group {
             .should_respect_grace_period(false)
             .send()
             .await
-            .map_err(|e| AwsError::sdk("SetInstanceHealth", instance_id, e))?;
+            .map_err(|e| AwsError::sdk(AwsOp::SetInstanceHealth, instance_id, e))?;
         Ok(())
     }
 
@@ -246,7 +244,7 @@ impl Group {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::sdk("DescribeInstances", group, e))?;
+            let page = page.map_err(|e| AwsError::sdk(AwsOp::DescribeInstances, group, e))?;
             for r in page.reservations() {
                 for i in r.instances() {
                     let Some(id) = i.instance_id() else { continue };
@@ -279,7 +277,9 @@ impl Group {
             .should_decrement_desired_capacity(false)
             .send()
             .await
-            .map_err(|e| AwsError::sdk("TerminateInstanceInAutoScalingGroup", instance_id, e))?;
+            .map_err(|e| {
+                AwsError::sdk(AwsOp::TerminateInstanceInAutoScalingGroup, instance_id, e)
+            })?;
         Ok(())
     }
 
@@ -295,7 +295,82 @@ impl Group {
         }
         req.send()
             .await
-            .map_err(|e| AwsError::sdk("CreateTags", instance_id, e))?;
+            .map_err(|e| AwsError::sdk(AwsOp::CreateTags, instance_id, e))?;
         Ok(())
+    }
+}
+
+/// The group as the daemon uses it: the seam its EC2 tasks and rollout
+/// driver are generic over. [`Group`] implements it against the real APIs;
+/// unit tests use in-process fakes.
+pub trait GroupApi: Clone + Send + Sync + 'static {
+    /// One snapshot of the group: tags, desired capacity, members.
+    fn describe(&self, group: &str)
+    -> impl Future<Output = Result<GroupSnapshot, AwsError>> + Send;
+    /// The group's running members as EC2 sees them (launch times, tags).
+    fn instances(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceInfo>, AwsError>> + Send;
+    /// The group's lifecycle hooks.
+    fn hooks(&self, group: &str) -> impl Future<Output = Result<Vec<Hook>, AwsError>> + Send;
+    /// Completes a lifecycle action with `CONTINUE` or `ABANDON`.
+    fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+        result: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Extends a lifecycle hook's timeout.
+    fn heartbeat(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Marks the instance unhealthy: the group replaces it.
+    fn set_unhealthy(&self, instance_id: &str)
+    -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Terminates the instance, keeping the desired capacity.
+    fn terminate(&self, instance_id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Sets tags on the instance.
+    fn tag_instance(
+        &self,
+        instance_id: &str,
+        tags: &[(&str, &str)],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+impl GroupApi for Group {
+    async fn describe(&self, group: &str) -> Result<GroupSnapshot, AwsError> {
+        Group::describe(self, group).await
+    }
+    async fn instances(&self, group: &str) -> Result<Vec<InstanceInfo>, AwsError> {
+        Group::instances(self, group).await
+    }
+    async fn hooks(&self, group: &str) -> Result<Vec<Hook>, AwsError> {
+        Group::hooks(self, group).await
+    }
+    async fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+        result: &str,
+    ) -> Result<(), AwsError> {
+        Group::complete_lifecycle_action(self, group, hook, instance_id, result).await
+    }
+    async fn heartbeat(&self, group: &str, hook: &str, instance_id: &str) -> Result<(), AwsError> {
+        Group::heartbeat(self, group, hook, instance_id).await
+    }
+    async fn set_unhealthy(&self, instance_id: &str) -> Result<(), AwsError> {
+        Group::set_unhealthy(self, instance_id).await
+    }
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        Group::terminate(self, instance_id).await
+    }
+    async fn tag_instance(&self, instance_id: &str, tags: &[(&str, &str)]) -> Result<(), AwsError> {
+        Group::tag_instance(self, instance_id, tags).await
     }
 }

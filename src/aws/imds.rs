@@ -6,11 +6,9 @@
 use aws_config::imds::client::Client;
 use aws_config::imds::client::error::ImdsError;
 
-use super::AwsError;
+use super::{AwsError, AwsOp};
 
-/// The instance tag the group sets on its members (visible in IMDS when
-/// instance-metadata tags are enabled).
-pub const GROUP_NAME_TAG: &str = "aws:autoscaling:groupName";
+use crate::tags::GROUP_NAME_TAG;
 
 /// What IMDS says about this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +47,7 @@ impl Imds {
             Ok(v) => Ok(Some(v.as_ref().trim().to_string())),
             Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
             Err(e) => Err(AwsError::new(
-                "IMDS get",
+                AwsOp::ImdsGet,
                 path,
                 aws_sdk_autoscaling::error::DisplayErrorContext(&e).to_string(),
             )),
@@ -59,7 +57,7 @@ impl Imds {
     async fn get(&self, path: &str) -> Result<String, AwsError> {
         self.get_opt(path)
             .await?
-            .ok_or_else(|| AwsError::new("IMDS get", path, "not found (404)"))
+            .ok_or_else(|| AwsError::permanent(AwsOp::ImdsGet, path, "not found (404)"))
     }
 
     /// Instance id, region, zone, type, and the group if tags are visible.

@@ -13,6 +13,8 @@
 
 pub mod asg;
 pub mod ecr;
+#[cfg(test)]
+pub mod fake;
 pub mod imds;
 
 use std::time::Duration;
@@ -21,27 +23,26 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
-/// Attempts per AWS call in the SDK's standard retry mode (exponential
-/// backoff with jitter, throttling-aware). The agent's own loops add their
-/// backoff on top.
-pub const AWS_MAX_ATTEMPTS: u32 = 3;
+/// The SDK makes one attempt per call: exactly one layer retries, and it
+/// is berth's own ([`crate::backoff::retry`] with [`crate::backoff::AWS_CALL`]),
+/// which knows the operation, the deadline, cancellation and whether an
+/// error is worth retrying ([`AwsError::is_retryable`]).
+pub const AWS_SDK_ATTEMPTS: u32 = 1;
 /// Connecting to an AWS endpoint.
 pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// One attempt of an AWS call.
+/// One AWS call.
 pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// One AWS call, retries included.
-pub const AWS_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the SDK configuration every AWS client uses. `region` is the
 /// instance's (from IMDS) unless `AWS_REGION` is set.
 pub async fn sdk_config(region: &str) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(AWS_MAX_ATTEMPTS))
+        .retry_config(RetryConfig::standard().with_max_attempts(AWS_SDK_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(AWS_CONNECT_TIMEOUT)
                 .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
-                .operation_timeout(AWS_OPERATION_TIMEOUT)
+                .operation_timeout(AWS_ATTEMPT_TIMEOUT)
                 .build(),
         );
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
@@ -51,20 +52,64 @@ pub async fn sdk_config(region: &str) -> SdkConfig {
     loader.load().await
 }
 
+/// The AWS operations berth calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsOp {
+    ImdsGet,
+    DescribeAutoScalingInstances,
+    DescribeAutoScalingGroups,
+    DescribeLifecycleHooks,
+    CompleteLifecycleAction,
+    RecordLifecycleActionHeartbeat,
+    SetInstanceHealth,
+    DescribeInstances,
+    TerminateInstanceInAutoScalingGroup,
+    CreateTags,
+}
+
+impl std::fmt::Display for AwsOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            AwsOp::ImdsGet => "IMDS get",
+            other => return write!(f, "{other:?}"),
+        };
+        f.write_str(s)
+    }
+}
+
 /// A failed AWS call, naming the operation and the object.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{op} {target}: {message}")]
 pub struct AwsError {
-    pub op: &'static str,
+    pub op: AwsOp,
     pub target: String,
     pub message: String,
     /// The service said slow down (throttling): back off harder.
     pub throttled: bool,
+    /// Worth trying again: throttling, a 5xx, a timeout, a network failure.
+    /// Not: access denied, a validation error, a missing resource.
+    pub retryable: bool,
 }
+
+/// Service error codes that are never worth retrying: only a person (an
+/// IAM policy, a request berth should not make) can fix them.
+const PERMANENT_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "ValidationError",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "InvalidInstanceID.NotFound",
+    "InvalidInstanceID.Malformed",
+];
 
 impl AwsError {
     pub(crate) fn new(
-        op: &'static str,
+        op: AwsOp,
         target: impl Into<String>,
         message: impl Into<String>,
     ) -> AwsError {
@@ -73,12 +118,32 @@ impl AwsError {
             target: target.into(),
             message: message.into(),
             throttled: false,
+            retryable: true,
         }
     }
 
-    /// From an SDK error, keeping the service's code and message.
+    /// A permanent error: retrying cannot help.
+    pub(crate) fn permanent(
+        op: AwsOp,
+        target: impl Into<String>,
+        message: impl Into<String>,
+    ) -> AwsError {
+        AwsError {
+            retryable: false,
+            ..AwsError::new(op, target, message)
+        }
+    }
+
+    /// Whether trying again can help (see [`AwsError::retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// From an SDK error, keeping the service's code and message, and
+    /// classifying it: throttling, 5xx, timeouts and network failures are
+    /// retryable; access denied, validation and other 4xx are permanent.
     pub(crate) fn sdk<E>(
-        op: &'static str,
+        op: AwsOp,
         target: impl Into<String>,
         e: aws_sdk_autoscaling::error::SdkError<E>,
     ) -> AwsError
@@ -89,14 +154,27 @@ impl AwsError {
             + Sync
             + 'static,
     {
-        let code = aws_sdk_autoscaling::error::ProvideErrorMetadata::code(&e).map(str::to_string);
+        use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
+        let code = ProvideErrorMetadata::code(&e).map(str::to_string);
         let throttled = code.as_deref().is_some_and(|c| {
             c.contains("Throttl") || c == "RequestLimitExceeded" || c == "SlowDown"
         });
-        let message = match (
-            &code,
-            aws_sdk_autoscaling::error::ProvideErrorMetadata::message(&e),
-        ) {
+        let status = match &e {
+            SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+            SdkError::ResponseError(r) => Some(r.raw().status().as_u16()),
+            _ => None,
+        };
+        let permanent_code = code
+            .as_deref()
+            .is_some_and(|c| PERMANENT_CODES.contains(&c));
+        let retryable = match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+            SdkError::ConstructionFailure(_) => false,
+            _ if throttled => true,
+            _ if permanent_code => false,
+            _ => status.is_none_or(|s| s >= 500 || s == 429),
+        };
+        let message = match (&code, ProvideErrorMetadata::message(&e)) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c.clone(),
             _ => aws_sdk_autoscaling::error::DisplayErrorContext(&e).to_string(),
@@ -106,6 +184,16 @@ impl AwsError {
             target: target.into(),
             message,
             throttled,
+            retryable,
         }
+    }
+}
+
+impl crate::backoff::Retryable for AwsError {
+    fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+    fn is_throttled(&self) -> bool {
+        self.throttled
     }
 }

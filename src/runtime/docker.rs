@@ -52,7 +52,8 @@ impl Engine {
         let host = host_from_env();
         let cerr = |e: BollardError| EngineError::Connect {
             host: host.clone(),
-            message: e.to_string(),
+            what: String::new(),
+            source: Box::new(e),
         };
         let docker = Docker::connect_with_defaults()
             .map_err(cerr)?
@@ -66,11 +67,6 @@ impl Engine {
         })
     }
 
-    /// The engine's address, for messages.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
     /// Checks the engine answers.
     pub async fn ping(&self) -> Result<(), EngineError> {
         self.docker
@@ -79,7 +75,8 @@ impl Engine {
             .map(|_| ())
             .map_err(|e| EngineError::Connect {
                 host: self.host.clone(),
-                message: e.to_string(),
+                what: "ping: ".into(),
+                source: Box::new(e),
             })
     }
 
@@ -134,7 +131,7 @@ impl Engine {
             .docker
             .inspect_image(&reference)
             .await
-            .map_err(|e| api("inspect image", &reference, e))?;
+            .map_err(|e| api(EngineOp::InspectImage, &reference, e))?;
         let id = inspect.id.unwrap_or_default();
         let repo = repository(&c.image);
         let digest = inspect
@@ -224,7 +221,7 @@ impl Engine {
                     .build(),
             ))
             .await
-            .map_err(|e| api("list containers", &self.namespace, e))?;
+            .map_err(|e| api(EngineOp::List, &self.namespace, e))?;
         let mut out = Vec::with_capacity(list.len());
         for s in list {
             let Some(id) = s.id else { continue };
@@ -243,7 +240,7 @@ impl Engine {
             .docker
             .inspect_container(id, None)
             .await
-            .map_err(|e| api("inspect container", id, e))?;
+            .map_err(|e| api(EngineOp::Inspect, id, e))?;
         let labels = r
             .config
             .as_ref()
@@ -267,9 +264,12 @@ impl Engine {
             spec_hash: labels.get(LABEL_SPEC).cloned(),
             image_id: r.image.unwrap_or_default(),
             running: state.running.unwrap_or(false),
+            paused: state.paused.unwrap_or(false),
             exit_code: state.exit_code,
             health,
             started_at: state.started_at.as_deref().and_then(parse_time),
+            finished_at: state.finished_at.as_deref().and_then(parse_time),
+            instance: labels.get(LABEL_INSTANCE).cloned(),
         })
     }
 
@@ -296,20 +296,28 @@ impl Engine {
                 status_code: 409,
                 message,
             }) => Err(EngineError::Conflict {
-                op: "create container",
+                op: EngineOp::Create,
                 target: name,
                 message: format!("{message} (berth never removes a container it did not create)"),
             }),
-            Err(e) => Err(api("create container", &name, e)),
+            Err(e) => Err(api(EngineOp::Create, &name, e)),
         }
     }
 
     /// Starts a created or stopped container.
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| api("start container", id, e))
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) => Err(EngineError::Conflict {
+                op: EngineOp::Start,
+                target: id.to_string(),
+                message,
+            }),
+            Err(e) => Err(api(EngineOp::Start, id, e)),
+        }
     }
 
     /// Restarts a running container: its stop signal, `grace`, then SIGKILL, then start.
@@ -320,7 +328,7 @@ impl Engine {
         self.docker
             .restart_container(id, Some(opts))
             .await
-            .map_err(|e| api("restart container", id, e))
+            .map_err(|e| api(EngineOp::Restart, id, e))
     }
 
     /// Stops a container: its stop signal, `grace`, then SIGKILL.
@@ -333,7 +341,7 @@ impl Engine {
             | Err(BollardError::DockerResponseServerError {
                 status_code: 304, ..
             }) => Ok(()),
-            Err(e) => Err(api("stop container", id, e)),
+            Err(e) => Err(api(EngineOp::Stop, id, e)),
         }
     }
 
@@ -345,7 +353,7 @@ impl Engine {
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            Err(e) => Err(api("remove container", id, e)),
+            Err(e) => Err(api(EngineOp::Remove, id, e)),
         }
     }
 
@@ -366,9 +374,16 @@ impl Engine {
             ),
             (
                 "event",
-                ["start", "die", "health_status", "destroy"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "start",
+                    "die",
+                    "health_status",
+                    "pause",
+                    "unpause",
+                    "destroy",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
         ]);
         let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -383,7 +398,8 @@ impl Engine {
                 Ok(m) => to_event(m).map(Ok),
                 Err(e) => Some(Err(EngineError::Connect {
                     host: host.clone(),
-                    message: format!("event stream: {e}"),
+                    what: "event stream: ".into(),
+                    source: Box::new(e),
                 })),
             };
             async move { out }
@@ -401,6 +417,8 @@ fn to_event(m: bollard::models::EventMessage) -> Option<EngineEvent> {
             exit_code: attrs.get("exitCode").and_then(|c| c.parse().ok()),
         },
         "destroy" => EventKind::Destroy,
+        "pause" => EventKind::Pause,
+        "unpause" => EventKind::Unpause,
         a => match a.strip_prefix("health_status:").map(str::trim) {
             Some("healthy") => EventKind::Health(Health::Healthy),
             Some("unhealthy") => EventKind::Health(Health::Unhealthy),
@@ -428,8 +446,20 @@ fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-fn api(op: &'static str, target: &str, e: BollardError) -> EngineError {
+/// Maps a bollard error: 404 is [`EngineError::NotFound`]; a failure to
+/// reach the engine (socket missing, refused, reset, timed out) is
+/// [`EngineError::Connect`]; anything else is [`EngineError::Api`].
+fn api(op: EngineOp, target: &str, e: BollardError) -> EngineError {
     match e {
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_) => EngineError::Connect {
+            host: host_from_env(),
+            what: format!("{op} {target}: "),
+            source: Box::new(e),
+        },
         BollardError::DockerResponseServerError {
             status_code: 404, ..
         } => EngineError::NotFound {
@@ -439,7 +469,7 @@ fn api(op: &'static str, target: &str, e: BollardError) -> EngineError {
         other => EngineError::Api {
             op,
             target: target.to_string(),
-            message: other.to_string(),
+            source: Box::new(other),
         },
     }
 }
@@ -514,6 +544,54 @@ fn container_body(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+impl ContainerRuntime for Engine {
+    async fn ping(&self) -> Result<(), EngineError> {
+        Engine::ping(self).await
+    }
+    fn events(
+        &self,
+        since: SystemTime,
+    ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent, EngineError>> {
+        Engine::events(self, since).boxed()
+    }
+    async fn list_managed(&self) -> Result<Vec<Observed>, EngineError> {
+        Engine::list_managed(self).await
+    }
+    async fn inspect(&self, id: &str) -> Result<Observed, EngineError> {
+        Engine::inspect(self, id).await
+    }
+    async fn ensure_image(
+        &self,
+        c: &PlannedComponent,
+        attempts: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(String, Option<String>), EngineError> {
+        Engine::ensure_image(self, c, attempts, cancel).await
+    }
+    async fn create(&self, plan: &Plan, c: &PlannedComponent) -> Result<String, EngineError> {
+        Engine::create(self, plan, c).await
+    }
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        Engine::start(self, id).await
+    }
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        Engine::restart(self, id, grace).await
+    }
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        Engine::stop(self, id, grace).await
+    }
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        Engine::remove(self, id).await
+    }
+    async fn image_in_registry(
+        &self,
+        image: &str,
+        mode: super::auth::RegistryAuthMode,
+    ) -> Result<bool, String> {
+        Engine::image_in_registry(self, image, mode).await
     }
 }
 

@@ -1,0 +1,796 @@
+//! The EC2 tasks around the supervisor: the instance's tags, the launch
+//! lifecycle hook, health escalation, termination and spot notices, and
+//! what happens after a drain (terminate in the group, or complete the
+//! terminating hook). Each reads the supervisor's typed [`Report`], never
+//! the JSON status, and is generic over [`GroupApi`] so unit tests run it
+//! against an in-process fake. Each AWS call goes through the one retry
+//! loop ([`retry`]) with the [`AWS_CALL`] schedule; a permanent error
+//! (access denied, validation) is reported once, at ERROR, and never
+//! retried.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::boot::{Booted, Ec2, Ids, RunOptions};
+use super::sleep_or_cancel;
+use crate::aws::asg::GroupApi;
+use crate::backoff::{AWS_CALL, GaveUp, retry};
+use crate::status::AgentState;
+use crate::store::{Retiring, Store};
+use crate::supervisor::{DrainReason, Handle, Report};
+use crate::tags::{self, InstanceState};
+
+/// A retirement gives up (and the instance serves again) when the group
+/// has not accepted the termination within this time.
+pub const RETIRE_DEADLINE: Duration = Duration::from_secs(5 * 60);
+/// Completing the terminating hook, or checking a resumed termination,
+/// gives up after this long: the group proceeds at its heartbeat timeout.
+pub const TERMINATING_HOOK_DEADLINE: Duration = Duration::from_secs(60);
+/// Completing the launch hook gives up after this long.
+pub const LAUNCH_HOOK_COMPLETE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A retirement that could not complete: the containers run again and the
+/// gate decides anew, after a backoff that grows with each abort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aborted {
+    /// What failed, for status and logs.
+    pub error: String,
+    /// Retirements aborted in a row, 1-based.
+    pub count: u32,
+}
+
+/// Spawns the EC2 tasks of one round.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    tracker: &TaskTracker,
+    e: &Ec2,
+    opts: &RunOptions,
+    booted: &Booted,
+    handle: Handle,
+    report: watch::Receiver<Report>,
+    aborted: Option<Aborted>,
+    first_round: bool,
+    round: &CancellationToken,
+) {
+    let ids = e.ids();
+    let agent = &opts.manifest.agent;
+    tracker.spawn(tag_instance(
+        e.group.clone(),
+        ids.clone(),
+        booted.plan.versions_tag(),
+        booted.plan.cluster.clone(),
+        report.clone(),
+        round.clone(),
+    ));
+    if first_round && let Some(r) = &booted.resuming {
+        // A retirement was under way when the agent stopped: finish it.
+        tracing::warn!(
+            terminate_sent = r.terminate_sent,
+            "resuming the retirement of this instance"
+        );
+        handle.set_notes(
+            Some("retiring (resumed after an agent restart)".into()),
+            Vec::new(),
+        );
+        handle.drain(DrainReason::Retire);
+        return;
+    }
+    tracker.spawn(
+        super::rollout::Driver {
+            group: e.group.clone(),
+            engine: booted.engine.clone(),
+            ids: ids.clone(),
+            manifest: opts.manifest.clone(),
+            plan: booted.plan.clone(),
+            store: booted.store.clone(),
+            handle: handle.clone(),
+            report: report.clone(),
+            aborted,
+            cancel: round.clone(),
+        }
+        .run(),
+    );
+    tracker.spawn(launch_hook(
+        e.group.clone(),
+        ids.clone(),
+        agent.launch_timeout.0,
+        report.clone(),
+        round.clone(),
+    ));
+    tracker.spawn(escalate_health(
+        e.group.clone(),
+        ids.clone(),
+        agent.unhealthy_after.0,
+        report,
+        round.clone(),
+    ));
+    tracker.spawn(watch_termination(
+        e.clone(),
+        agent.lifecycle_poll_interval.0,
+        handle,
+        round.clone(),
+    ));
+}
+
+/// The `berth:state` tag for a report: a drain for retirement says
+/// `retiring` (never overwritten by `draining`), other drains `draining`.
+pub fn instance_state(r: &Report) -> InstanceState {
+    match (r.draining, r.state) {
+        (Some(DrainReason::Retire), _) => InstanceState::Retiring,
+        (Some(_), _) | (None, AgentState::Draining | AgentState::Retired) => {
+            InstanceState::Draining
+        }
+        (None, AgentState::Starting) => InstanceState::Starting,
+        (None, AgentState::Ready) => InstanceState::Ready,
+        (None, AgentState::Degraded) => InstanceState::Degraded,
+    }
+}
+
+/// Keeps the instance's `berth:state` tag current, and sets
+/// `berth:versions` and `berth:pinned-cluster` once.
+pub async fn tag_instance<G: GroupApi>(
+    group: G,
+    ids: Ids,
+    versions: String,
+    cluster: String,
+    mut report: watch::Receiver<Report>,
+    cancel: CancellationToken,
+) {
+    let mut tagged: Option<InstanceState> = None;
+    let mut pin_done = false;
+    loop {
+        let want = instance_state(&report.borrow_and_update());
+        if tagged != Some(want) || !pin_done {
+            let mut kv = vec![(tags::TAG_STATE, want.as_str())];
+            if !pin_done {
+                kv.push((tags::TAG_VERSIONS, versions.as_str()));
+                kv.push((tags::TAG_PINNED_CLUSTER, cluster.as_str()));
+            }
+            let r = retry(&AWS_CALL, "CreateTags", &cancel, None, || {
+                group.tag_instance(&ids.instance_id, &kv)
+            })
+            .await;
+            match r {
+                Ok(()) => {
+                    tracing::info!(state = want.as_str(), "instance tagged");
+                    tagged = Some(want);
+                    pin_done = true;
+                }
+                Err(GaveUp::Cancelled) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot tag the instance: the instance profile needs ec2:CreateTags on itself (see the IAM policy in the docs); the rollout gate cannot see this instance until it can");
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = report.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// With a launch lifecycle hook and this instance in `Pending:Wait`:
+/// heartbeats while the containers start, `CONTINUE` once every container
+/// is running and healthy, `ABANDON` after `timeout`.
+pub async fn launch_hook<G: GroupApi>(
+    group: G,
+    ids: Ids,
+    timeout: Duration,
+    mut report: watch::Receiver<Report>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let hooks = match retry(
+        &AWS_CALL,
+        "DescribeLifecycleHooks",
+        &cancel,
+        Some(deadline),
+        || group.hooks(&ids.group),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(GaveUp::Cancelled) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the group's lifecycle hooks; a launch hook (if any) is left to its timeout");
+            return;
+        }
+    };
+    let Some(hook) = hooks.into_iter().find(|h| h.transition == tags::LAUNCHING) else {
+        tracing::debug!("no launch lifecycle hook");
+        return;
+    };
+    let state = match retry(
+        &AWS_CALL,
+        "DescribeAutoScalingGroups",
+        &cancel,
+        Some(deadline),
+        || group.describe(&ids.group),
+    )
+    .await
+    {
+        Ok(s) => s
+            .member(&ids.instance_id)
+            .map(|m| m.lifecycle_state.clone())
+            .unwrap_or_default(),
+        Err(_) => return,
+    };
+    if state != tags::PENDING_WAIT {
+        tracing::info!(hook = %hook.name, lifecycle_state = %state, "launch hook not waiting for this instance");
+        return;
+    }
+    tracing::info!(hook = %hook.name, timeout = ?timeout, "launch hook waits for every container to be running and healthy");
+    let beat_every = Duration::from_secs((hook.heartbeat_timeout_secs.max(30) / 3) as u64);
+    let mut last_beat = Instant::now();
+    let result = loop {
+        if report.borrow_and_update().state == AgentState::Ready {
+            break tags::CONTINUE;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::error!(timeout = ?timeout, "containers not ready in time; abandoning the launch");
+            break tags::ABANDON;
+        }
+        if now >= last_beat + beat_every {
+            if let Err(err) = group
+                .heartbeat(&ids.group, &hook.name, &ids.instance_id)
+                .await
+            {
+                tracing::warn!(error = %err, "lifecycle heartbeat failed");
+            }
+            last_beat = now;
+        }
+        let next = (last_beat + beat_every).min(deadline);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = report.changed() => {}
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    };
+    let r = retry(
+        &AWS_CALL,
+        "CompleteLifecycleAction",
+        &cancel,
+        Some(Instant::now() + LAUNCH_HOOK_COMPLETE_DEADLINE),
+        || group.complete_lifecycle_action(&ids.group, &hook.name, &ids.instance_id, result),
+    )
+    .await;
+    match r {
+        Ok(()) => {
+            tracing::info!(hook = %hook.name, result, waited = ?started.elapsed(), "launch lifecycle action completed")
+        }
+        Err(GaveUp::Cancelled) => {}
+        Err(e) => {
+            tracing::error!(hook = %hook.name, error = %e, "cannot complete the launch lifecycle action; the group decides at the hook's timeout")
+        }
+    }
+}
+
+/// When the instance is to be marked `Unhealthy`: `after` past the moment
+/// the first component became failed (failed = budget exhausted, no stable
+/// run since; see [`Report::failed`]). `None`: nothing is failed, or
+/// escalation is off.
+pub fn escalate_at(failed: &[(String, SystemTime)], after: Option<Duration>) -> Option<SystemTime> {
+    let after = after?;
+    failed.iter().map(|(_, since)| *since + after).min()
+}
+
+/// Marks the instance `Unhealthy` once some component has been failed for
+/// `after` (`agent.unhealthy_after`), so the group replaces it.
+pub async fn escalate_health<G: GroupApi>(
+    group: G,
+    ids: Ids,
+    after: Option<Duration>,
+    mut report: watch::Receiver<Report>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let failed = report.borrow_and_update().failed.clone();
+        let wake = match escalate_at(&failed, after) {
+            Some(at) => match at.duration_since(SystemTime::now()) {
+                Ok(left) => left,
+                Err(_) => {
+                    let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+                    tracing::error!(components = %names.join(","), after = ?after, "marking this instance Unhealthy so the group replaces it");
+                    match retry(&AWS_CALL, "SetInstanceHealth", &cancel, None, || {
+                        group.set_unhealthy(&ids.instance_id)
+                    })
+                    .await
+                    {
+                        Ok(()) => tracing::error!("instance marked Unhealthy"),
+                        Err(GaveUp::Cancelled) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot mark the instance Unhealthy: the instance profile needs autoscaling:SetInstanceHealth")
+                        }
+                    }
+                    return;
+                }
+            },
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = report.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+/// Polls IMDS for the group terminating this instance or a spot
+/// interruption notice; either drains the containers. IMDS errors change
+/// nothing.
+pub async fn watch_termination(e: Ec2, every: Duration, handle: Handle, cancel: CancellationToken) {
+    let mut warned = false;
+    loop {
+        let target = e.imds.target_lifecycle_state().await;
+        let spot = e.imds.spot_instance_action().await;
+        let why = match (&target, &spot) {
+            (Ok(Some(t)), _) if t == tags::TARGET_TERMINATED => Some(DrainReason::Terminating),
+            (_, Ok(Some(_))) => Some(DrainReason::Spot),
+            (Err(err), _) | (_, Err(err)) => {
+                if !warned {
+                    tracing::warn!(error = %err, "cannot read the lifecycle state from IMDS; not draining");
+                    warned = true;
+                }
+                None
+            }
+            _ => {
+                warned = false;
+                None
+            }
+        };
+        if let Some(why) = why {
+            tracing::warn!(reason = why.describe(), spot = ?spot.ok().flatten(), "the instance is going away: draining");
+            handle.set_notes(Some(format!("draining: {}", why.describe())), Vec::new());
+            handle.drain(why);
+            return;
+        }
+        if !sleep_or_cancel(&cancel, every).await {
+            return;
+        }
+    }
+}
+
+/// Completes the group's terminating lifecycle hooks (`CONTINUE`) for this
+/// instance, if it has any, retrying until [`TERMINATING_HOOK_DEADLINE`]:
+/// right after `TerminateInstanceInAutoScalingGroup` the hook may not be
+/// waiting yet. Failures leave the group to the hook's timeout.
+async fn complete_terminating_hooks<G: GroupApi>(group: &G, ids: &Ids, cancel: &CancellationToken) {
+    let deadline = Some(Instant::now() + TERMINATING_HOOK_DEADLINE);
+    let hooks = match retry(
+        &AWS_CALL,
+        "DescribeLifecycleHooks",
+        cancel,
+        deadline,
+        || group.hooks(&ids.group),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the group's lifecycle hooks; the group proceeds at their timeout");
+            return;
+        }
+    };
+    for hook in hooks.iter().filter(|h| h.transition == tags::TERMINATING) {
+        match retry(
+            &AWS_CALL,
+            "CompleteLifecycleAction",
+            cancel,
+            deadline,
+            || {
+                group.complete_lifecycle_action(
+                    &ids.group,
+                    &hook.name,
+                    &ids.instance_id,
+                    tags::CONTINUE,
+                )
+            },
+        )
+        .await
+        {
+            Ok(()) => tracing::info!(hook = %hook.name, "terminating lifecycle action completed"),
+            Err(e) => {
+                tracing::warn!(hook = %hook.name, error = %e, "cannot complete the terminating lifecycle action; the group proceeds at its timeout")
+            }
+        }
+    }
+}
+
+/// After a drain on EC2. For a retirement: terminates the instance in its
+/// group (once: recorded in the data dir before the call); a permanent
+/// error or [`RETIRE_DEADLINE`] aborts the retirement ([`Aborted`]). For a
+/// termination or spot notice: completes the group's terminating hooks.
+pub async fn after_drain<G: GroupApi>(
+    group: &G,
+    ids: &Ids,
+    reason: DrainReason,
+    store: &Store,
+    previous: Option<&Aborted>,
+    cancel: &CancellationToken,
+) -> Result<(), Aborted> {
+    let me = &ids.instance_id;
+    match reason {
+        DrainReason::Retire => {
+            let mut r = store.load_retiring(me).ok().flatten().unwrap_or(Retiring {
+                instance_id: me.clone(),
+                terminate_sent: false,
+            });
+            if r.terminate_sent {
+                // Sent before an agent restart: send again only if the group still has us in service.
+                let deadline = Some(Instant::now() + TERMINATING_HOOK_DEADLINE);
+                let still = retry(
+                    &AWS_CALL,
+                    "DescribeAutoScalingGroups",
+                    cancel,
+                    deadline,
+                    || group.describe(&ids.group),
+                )
+                .await
+                .ok()
+                .and_then(|s| s.member(me).map(|m| m.lifecycle_state.clone()));
+                if still.as_deref() != Some(tags::IN_SERVICE) {
+                    tracing::info!(lifecycle_state = ?still, "termination already under way; not sending it again");
+                    return Ok(());
+                }
+            }
+            r.terminate_sent = true;
+            if let Err(e) = store.save_retiring(&r) {
+                tracing::error!(error = %e, "cannot record the retirement in the data dir");
+            }
+            let deadline = Some(Instant::now() + RETIRE_DEADLINE);
+            match retry(
+                &AWS_CALL,
+                "TerminateInstanceInAutoScalingGroup",
+                cancel,
+                deadline,
+                || group.terminate(me),
+            )
+            .await
+            {
+                Ok(()) => {
+                    tracing::warn!(instance = %me, "retired: the group terminates this instance and launches a replacement");
+                    // Already drained: do not make the group wait out a
+                    // terminating hook's timeout (the instance would hold
+                    // rollout budget meanwhile).
+                    complete_terminating_hooks(group, ids, cancel).await;
+                    Ok(())
+                }
+                // Shutting down: the record stays, the next start resumes.
+                Err(GaveUp::Cancelled) => Ok(()),
+                Err(e) => {
+                    if let Err(err) = store.clear_retiring() {
+                        tracing::error!(error = %err, "cannot clear the retirement record");
+                    }
+                    let hint = match &e {
+                        GaveUp::Permanent(_) => {
+                            " (a permanent error: check the instance profile allows autoscaling:TerminateInstanceInAutoScalingGroup on this group)"
+                        }
+                        _ => "",
+                    };
+                    Err(Aborted {
+                        error: format!("{e}{hint}"),
+                        count: previous.map_or(1, |p| p.count + 1),
+                    })
+                }
+            }
+        }
+        DrainReason::Terminating | DrainReason::Spot => {
+            complete_terminating_hooks(group, ids, cancel).await;
+            tracing::info!(
+                reason = reason.describe(),
+                "drained for the termination of this instance"
+            );
+            Ok(())
+        }
+        DrainReason::Drift => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The EC2 tasks against an in-process fake of the group, on the
+    //! default settings, with tokio's paused clock for the retry schedules.
+    use super::*;
+    use crate::aws::asg::Hook;
+    use crate::aws::fake::FakeGroup;
+    use crate::aws::{AwsError, AwsOp};
+
+    fn ids() -> Ids {
+        Ids {
+            instance_id: "i-1".into(),
+            group: "asg".into(),
+        }
+    }
+
+    fn denied(op: AwsOp) -> AwsError {
+        AwsError::permanent(op, "i-1", "AccessDenied: not authorized")
+    }
+
+    fn unavailable(op: AwsOp) -> AwsError {
+        AwsError::new(op, "i-1", "ServiceUnavailable")
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    const TERMINATE: &str = "TerminateInstanceInAutoScalingGroup";
+
+    /// Defect 3: access denied on terminate aborts the retirement at once:
+    /// no endless retries, the record is cleared, the caller restarts.
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_aborts_the_retirement_at_once() {
+        let g = FakeGroup::default();
+        g.fail(
+            TERMINATE,
+            denied(AwsOp::TerminateInstanceInAutoScalingGroup),
+            100,
+        );
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let r = after_drain(&g, &ids(), DrainReason::Retire, &store, None, &cancel).await;
+        let a = r.expect_err("aborted");
+        assert!(a.error.contains("AccessDenied"), "{}", a.error);
+        assert_eq!(a.count, 1);
+        assert_eq!(
+            g.calls(TERMINATE).len(),
+            1,
+            "a permanent error is never retried"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(store.load_retiring("i-1").unwrap(), None, "record cleared");
+    }
+
+    /// Defect 3: a retryable error is retried, but not past the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_retirement_gives_up_at_its_deadline() {
+        let g = FakeGroup::default();
+        g.fail(
+            TERMINATE,
+            unavailable(AwsOp::TerminateInstanceInAutoScalingGroup),
+            1000,
+        );
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let r = after_drain(&g, &ids(), DrainReason::Retire, &store, None, &cancel).await;
+        assert!(r.is_err());
+        let took = started.elapsed();
+        assert!(
+            took <= RETIRE_DEADLINE && took >= RETIRE_DEADLINE / 2,
+            "{took:?}"
+        );
+        assert!(g.calls(TERMINATE).len() > 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_until_the_termination_goes_through() {
+        let g = FakeGroup::default();
+        let mut t = unavailable(AwsOp::TerminateInstanceInAutoScalingGroup);
+        t.throttled = true;
+        g.fail(TERMINATE, t, 3);
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        after_drain(&g, &ids(), DrainReason::Retire, &store, None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(g.calls(TERMINATE).len(), 4);
+        assert!(store.load_retiring("i-1").unwrap().unwrap().terminate_sent);
+    }
+
+    /// A retired instance does not make the group wait out its terminating
+    /// hook: it has drained already.
+    #[tokio::test(start_paused = true)]
+    async fn a_retirement_completes_the_terminating_hook() {
+        let g = FakeGroup::default();
+        g.state().hooks = vec![Hook {
+            name: "drain".into(),
+            transition: tags::TERMINATING.into(),
+            heartbeat_timeout_secs: 300,
+        }];
+        // Right after the terminate call the hook may not be waiting yet.
+        g.fail(
+            "CompleteLifecycleAction",
+            AwsError::new(
+                AwsOp::CompleteLifecycleAction,
+                "i-1",
+                "No active Lifecycle Action found",
+            ),
+            2,
+        );
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        after_drain(&g, &ids(), DrainReason::Retire, &store, None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(g.calls(TERMINATE).len(), 1);
+        assert_eq!(
+            g.calls("CompleteLifecycleAction")
+                .last()
+                .map(String::as_str),
+            Some("CompleteLifecycleAction drain CONTINUE")
+        );
+    }
+
+    /// SIGTERM stops a retirement that is still retrying.
+    #[tokio::test(start_paused = true)]
+    async fn cancel_stops_a_retrying_retirement() {
+        let g = FakeGroup::default();
+        g.fail(
+            TERMINATE,
+            unavailable(AwsOp::TerminateInstanceInAutoScalingGroup),
+            1000,
+        );
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            c.cancel();
+        });
+        let started = Instant::now();
+        after_drain(&g, &ids(), DrainReason::Retire, &store, None, &cancel)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(25));
+        assert!(
+            store.load_retiring("i-1").unwrap().is_some(),
+            "resumed at the next start"
+        );
+    }
+
+    /// A termination drained for the group completes its terminating hook,
+    /// and gives up on it (not "retired") when it cannot.
+    #[tokio::test(start_paused = true)]
+    async fn a_termination_completes_the_terminating_hook() {
+        let g = FakeGroup::default();
+        g.state().hooks = vec![Hook {
+            name: "drain".into(),
+            transition: tags::TERMINATING.into(),
+            heartbeat_timeout_secs: 300,
+        }];
+        let (_d, store) = store();
+        let cancel = CancellationToken::new();
+        after_drain(&g, &ids(), DrainReason::Terminating, &store, None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(
+            g.calls("CompleteLifecycleAction"),
+            vec!["CompleteLifecycleAction drain CONTINUE"]
+        );
+        assert!(g.calls(TERMINATE).is_empty());
+    }
+
+    /// Defect 9: `retiring` is never overwritten by `draining`.
+    #[test]
+    fn the_state_tag_of_a_retirement_stays_retiring() {
+        let draining_for = |r| Report {
+            state: AgentState::Draining,
+            draining: Some(r),
+            ..Default::default()
+        };
+        assert_eq!(
+            instance_state(&draining_for(DrainReason::Retire)),
+            InstanceState::Retiring
+        );
+        assert_eq!(
+            instance_state(&draining_for(DrainReason::Spot)),
+            InstanceState::Draining
+        );
+        assert_eq!(
+            instance_state(&Report {
+                state: AgentState::Degraded,
+                ..Default::default()
+            }),
+            InstanceState::Degraded
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tags_follow_the_report_and_a_retirement_tags_retiring_once() {
+        let g = FakeGroup::default();
+        let (tx, rx) = watch::channel(Report::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(tag_instance(
+            g.clone(),
+            ids(),
+            "web=1".into(),
+            "web".into(),
+            rx,
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send_modify(|r| r.state = AgentState::Ready);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send_modify(|r| {
+            r.state = AgentState::Draining;
+            r.draining = Some(DrainReason::Retire);
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancel.cancel();
+        task.await.unwrap();
+        let calls = g.calls("CreateTags");
+        assert_eq!(
+            calls,
+            vec![
+                "CreateTags i-1 berth:state=starting,berth:versions=web=1,berth:pinned-cluster=web",
+                "CreateTags i-1 berth:state=ready",
+                "CreateTags i-1 berth:state=retiring",
+            ]
+        );
+    }
+
+    /// Defect 1, the escalation side, on the default `unhealthy_after`.
+    #[test]
+    fn escalation_is_due_unhealthy_after_past_the_first_failure() {
+        let after = crate::manifest::AgentSettings::default().unhealthy_after.0;
+        assert_eq!(after, Some(Duration::from_secs(60)));
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let failed = vec![
+            ("a".to_string(), t + Duration::from_secs(5)),
+            ("b".to_string(), t),
+        ];
+        assert_eq!(
+            escalate_at(&failed, after),
+            Some(t + Duration::from_secs(60))
+        );
+        assert_eq!(escalate_at(&[], after), None);
+        assert_eq!(escalate_at(&failed, None), None, "off");
+    }
+
+    #[tokio::test]
+    async fn a_component_failed_long_enough_marks_the_instance_unhealthy() {
+        let g = FakeGroup::default();
+        let since = SystemTime::now() - Duration::from_secs(61);
+        let (_tx, rx) = watch::channel(Report {
+            failed: vec![("web".into(), since)],
+            ..Default::default()
+        });
+        let after = crate::manifest::AgentSettings::default().unhealthy_after.0;
+        escalate_health(g.clone(), ids(), after, rx, CancellationToken::new()).await;
+        assert_eq!(g.calls("SetInstanceHealth"), vec!["SetInstanceHealth i-1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_launch_hook_continues_once_ready() {
+        let g = FakeGroup::default();
+        {
+            let mut f = g.state();
+            f.lifecycle = tags::PENDING_WAIT.into();
+            f.hooks = vec![Hook {
+                name: "boot".into(),
+                transition: tags::LAUNCHING.into(),
+                heartbeat_timeout_secs: 300,
+            }];
+        }
+        let (tx, rx) = watch::channel(Report::default());
+        let timeout = crate::manifest::AgentSettings::default().launch_timeout.0;
+        let task = tokio::spawn(launch_hook(
+            g.clone(),
+            ids(),
+            timeout,
+            rx,
+            CancellationToken::new(),
+        ));
+        tokio::time::sleep(Duration::from_secs(250)).await;
+        assert!(
+            !g.calls("RecordLifecycleActionHeartbeat").is_empty(),
+            "heartbeats while starting"
+        );
+        tx.send_modify(|r| r.state = AgentState::Ready);
+        task.await.unwrap();
+        assert_eq!(
+            g.calls("CompleteLifecycleAction"),
+            vec!["CompleteLifecycleAction boot CONTINUE"]
+        );
+    }
+}

@@ -1,0 +1,577 @@
+//! The rollout driver (EC2): observe → [`rollout::Watch`] (the gate and the
+//! schedule, pure) → act.
+//!
+//! Each look reads the group (one `DescribeAutoScalingGroups`, plus
+//! `DescribeInstances` for members' launch times and tags when drifted, and
+//! once at boot) and, when drifted, checks the new images exist. Any error
+//! or missing data means no decision: the agent never retires on what it
+//! cannot read. On `Retire` it records the retirement in the data dir and
+//! asks the supervisor to drain; the termination follows in
+//! [`super::ec2::after_drain`]. After an aborted retirement it waits a
+//! growing backoff before it lets the gate retire it again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::boot::Ids;
+use super::ec2::Aborted;
+use super::sleep_or_cancel;
+use crate::aws::asg::GroupApi;
+use crate::backoff::{AWS_CALL, Retryable, random_unit};
+use crate::desired::{self, Desired, DriftEntry};
+use crate::manifest::Manifest;
+use crate::plan::Plan;
+use crate::rollout::{self, Decision, ImageCheck, MemberView, Observation, Snapshot, Wait};
+use crate::runtime::ContainerRuntime;
+use crate::status::AgentState;
+use crate::store::{Retiring, Store};
+use crate::supervisor::{DrainReason, Handle, Report};
+use crate::tags;
+
+/// Assumed boot time (launch → ready) until this instance has seen its own.
+pub const ASSUMED_BOOT: Duration = Duration::from_secs(120);
+/// After an aborted retirement, the gate may retire this instance again
+/// only after this long, doubling with each abort in a row.
+pub const RETIRE_ABORT_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// The longest wait after aborted retirements.
+pub const RETIRE_ABORT_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// The driver's inputs.
+pub struct Driver<G: GroupApi, R: ContainerRuntime> {
+    pub group: G,
+    pub engine: R,
+    pub ids: Ids,
+    pub manifest: Manifest,
+    pub plan: Plan,
+    pub store: Store,
+    pub handle: Handle,
+    pub report: watch::Receiver<Report>,
+    /// The retirement the previous round aborted, if it did.
+    pub aborted: Option<Aborted>,
+    pub cancel: CancellationToken,
+}
+
+/// One look at the group, ready for the gate.
+struct Look {
+    snapshot: Snapshot,
+    policy: rollout::Policy,
+    desired: Desired,
+    drift: Vec<DriftEntry>,
+    image: ImageCheck,
+}
+
+/// The driver's clock: monotonic from its start, anchored to the wall clock
+/// then, so a wall-clock step while it runs (NTP at boot) cannot shorten the
+/// drift grace or skew the schedule.
+struct Clock {
+    wall0_ms: u64,
+    t0: Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall0_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Now, in ms since the epoch.
+    fn now_ms(&self) -> u64 {
+        self.wall0_ms + self.t0.elapsed().as_millis() as u64
+    }
+}
+
+/// What the driver remembers between looks.
+struct Memory {
+    clock: Clock,
+    gate: rollout::Watch,
+    launch_times: HashMap<String, u64>,
+    images_present: HashSet<String>,
+    my_boot: Option<Duration>,
+    last_note: Option<String>,
+    last_drift: Vec<DriftEntry>,
+    head: Option<(String, Instant)>,
+    failures: u32,
+}
+
+/// The time before the gate may retire this instance again after `a`.
+pub fn abort_backoff(a: &Aborted) -> Duration {
+    RETIRE_ABORT_BACKOFF
+        .saturating_mul(2u32.saturating_pow(a.count.saturating_sub(1).min(16)))
+        .min(RETIRE_ABORT_BACKOFF_MAX)
+}
+
+impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
+    /// Runs until this instance retires (drain requested) or cancel.
+    pub async fn run(self) {
+        let mut m = Memory {
+            clock: Clock::start(),
+            gate: Default::default(),
+            launch_times: Default::default(),
+            images_present: Default::default(),
+            my_boot: None,
+            last_note: None,
+            last_drift: Vec::new(),
+            head: None,
+            failures: 0,
+        };
+        let hold_until = self
+            .aborted
+            .as_ref()
+            .map(|a| (Instant::now() + abort_backoff(a), a.clone()));
+        loop {
+            let wait = match self.look(&mut m).await {
+                Err(err) => self.unreadable(&mut m, err),
+                Ok(look) => match self.decide(&mut m, look, hold_until.as_ref()) {
+                    Some(next) => next,
+                    None => return, // retiring
+                },
+            };
+            if !sleep_or_cancel(&self.cancel, wait).await {
+                return;
+            }
+        }
+    }
+
+    /// Reads the group and, when drifted, the members and the new images.
+    async fn look(&self, m: &mut Memory) -> anyhow::Result<Look> {
+        let snap = self.group.describe(&self.ids.group).await?;
+        let identity = desired::Identity {
+            instance_id: self.ids.instance_id.clone(),
+            group: self.ids.group.clone(),
+        };
+        let desired = desired::resolve(&identity, &snap.tags, &self.manifest)?;
+        let policy =
+            rollout::policy_from_tags(&snap.tags).map_err(|errors| desired::TagErrors {
+                group: self.ids.group.clone(),
+                errors,
+            })?;
+        let drift = desired::drift(&self.plan.cluster, &self.plan.versions(), &desired);
+        // At rest only this instance's own rank matters, and members not seen
+        // before are the youngest: one DescribeInstances at boot is enough.
+        let unknown = !m.launch_times.contains_key(&self.ids.instance_id);
+        let infos = if !drift.is_empty() || unknown {
+            self.group.instances(&self.ids.group).await?
+        } else {
+            Vec::new()
+        };
+        let mut tags_of: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for i in infos {
+            m.launch_times.insert(i.instance_id.clone(), i.launch_time);
+            tags_of.insert(i.instance_id, i.tags);
+        }
+        let now_s = m.clock.now_ms() / 1000;
+        let members = snap
+            .members
+            .iter()
+            .map(|mem| {
+                let t = tags_of.get(&mem.instance_id);
+                let tag = |k: &str| t.and_then(|t| t.get(k).cloned());
+                MemberView {
+                    id: mem.instance_id.clone(),
+                    launch_time: m
+                        .launch_times
+                        .get(&mem.instance_id)
+                        .copied()
+                        .unwrap_or(now_s),
+                    in_service: mem.lifecycle_state == tags::IN_SERVICE,
+                    healthy: mem.health_status == tags::HEALTHY,
+                    berth_state: tag(tags::TAG_STATE),
+                    versions: tag(tags::TAG_VERSIONS).and_then(|v| rollout::parse_versions(&v)),
+                    cluster: tag(tags::TAG_PINNED_CLUSTER),
+                }
+            })
+            .collect();
+        let image = if drift.is_empty() {
+            ImageCheck::Present
+        } else {
+            self.check_images(&desired, &mut m.images_present).await
+        };
+        Ok(Look {
+            snapshot: Snapshot {
+                desired_capacity: snap.desired_capacity.max(0) as u32,
+                members,
+                cluster: Some(desired.cluster.clone()),
+            },
+            policy,
+            desired,
+            drift,
+            image,
+        })
+    }
+
+    /// Whether every changed component's preferred image exists in its
+    /// registry. Positive answers are cached; others are asked again.
+    async fn check_images(&self, desired: &Desired, present: &mut HashSet<String>) -> ImageCheck {
+        let Some(cluster) = self.manifest.cluster(&desired.cluster) else {
+            return ImageCheck::Unknown(format!(
+                "cluster {} is not in the manifest",
+                desired.cluster
+            ));
+        };
+        let pinned = self.plan.versions();
+        for c in &cluster.containers {
+            let Some(v) = desired.versions.get(&c.name) else {
+                continue;
+            };
+            if desired.cluster == self.plan.cluster && pinned.get(&c.name) == Some(v) {
+                continue;
+            }
+            let image = crate::manifest::fill_version(&c.image, v);
+            if present.contains(&image) {
+                continue;
+            }
+            match self.engine.image_in_registry(&image, c.registry_auth).await {
+                Ok(true) => {
+                    present.insert(image);
+                }
+                Ok(false) => return ImageCheck::Missing(image),
+                Err(err) => return ImageCheck::Unknown(format!("{image}: {err}")),
+            }
+        }
+        ImageCheck::Present
+    }
+
+    /// The group could not be read: no decision; back off.
+    fn unreadable(&self, m: &mut Memory, err: anyhow::Error) -> Duration {
+        m.failures += 1;
+        let aws = err.downcast_ref::<crate::aws::AwsError>();
+        let throttled = aws.is_some_and(|a| a.is_throttled());
+        let note = format!("desired state unreadable: {err:#}");
+        if m.last_note.as_ref() != Some(&note) {
+            if aws.is_some_and(|a| !a.is_retryable()) {
+                tracing::error!(error = %format!("{err:#}"), "cannot read the group: fix the instance profile's permissions; containers keep running, nothing is retired");
+            } else {
+                tracing::warn!(error = %format!("{err:#}"), "cannot read the group; containers keep running, nothing is retired");
+            }
+            self.handle
+                .set_notes(Some(note.clone()), m.last_drift.clone());
+            m.last_note = Some(note);
+        }
+        AWS_CALL
+            .delay(m.failures + u32::from(throttled), random_unit())
+            .max(self.manifest.agent.group_poll_interval.0)
+    }
+
+    /// Asks the gate; acts on `Retire`. Returns the wait before the next
+    /// look, or `None` when this instance retires.
+    fn decide(
+        &self,
+        m: &mut Memory,
+        look: Look,
+        hold: Option<&(Instant, Aborted)>,
+    ) -> Option<Duration> {
+        m.failures = 0;
+        if m.my_boot.is_none() && self.report.borrow().state == AgentState::Ready {
+            let launched = m
+                .launch_times
+                .get(&self.ids.instance_id)
+                .copied()
+                .unwrap_or(0);
+            let now_s = m.clock.now_ms() / 1000;
+            m.my_boot = Some(
+                Duration::from_secs(now_s.saturating_sub(launched))
+                    .clamp(Duration::from_secs(10), Duration::from_secs(3600)),
+            );
+        }
+        if look.drift != m.last_drift {
+            for d in &look.drift {
+                tracing::warn!(component = %d.component, pinned = %d.pinned, preferred = %d.preferred, "drift detected");
+            }
+            m.last_drift = look.drift.clone();
+        }
+        let (decision, next) = m.gate.observe(&Observation {
+            now_ms: m.clock.now_ms(),
+            snapshot: &look.snapshot,
+            me: &self.ids.instance_id,
+            drifted: !look.drift.is_empty(),
+            preferred: &look.desired.versions,
+            policy: &look.policy,
+            image: &look.image,
+            boot: m.my_boot.unwrap_or(ASSUMED_BOOT),
+            drain: drain_estimate(&self.plan),
+        });
+        let mut next = next.mul_f64(0.9 + 0.2 * random_unit());
+        let held = hold.filter(|(until, _)| Instant::now() < *until);
+        if let (Decision::Retire, Some((until, a))) = (&decision, held) {
+            let left = until.saturating_duration_since(Instant::now());
+            next = next.min(left).max(Duration::from_secs(1));
+            let note = format!(
+                "retirement aborted ({}): this instance may retire again in {}",
+                a.error,
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            );
+            if m.last_note.as_ref() != Some(&note) {
+                self.handle
+                    .set_notes(Some(note.clone()), look.drift.clone());
+                m.last_note = Some(note);
+            }
+            return Some(next);
+        }
+        let note = match &decision {
+            Decision::Retire => "retiring: draining, then terminating in the group".to_string(),
+            Decision::Wait(Wait::NoDrift) => String::new(),
+            Decision::Wait(w) => {
+                if let Wait::NotMyTurn { head: h, .. } = w {
+                    if m.head.as_ref().map(|(id, _)| id) != Some(h) {
+                        m.head = Some((h.clone(), Instant::now()));
+                    }
+                } else {
+                    m.head = None;
+                }
+                let since = m
+                    .head
+                    .as_ref()
+                    .map(|(_, t)| {
+                        format!(
+                            " (for {})",
+                            humantime::format_duration(Duration::from_secs(t.elapsed().as_secs()))
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("drift: rollout gate waits: {w}{since}")
+            }
+        };
+        let note = (!note.is_empty()).then_some(note);
+        if note != m.last_note {
+            match &note {
+                Some(n) => tracing::info!(decision = %n, "rollout gate"),
+                None => tracing::info!("no drift"),
+            }
+            self.handle.set_notes(note.clone(), look.drift.clone());
+            m.last_note = note;
+        }
+        if decision != Decision::Retire {
+            return Some(next);
+        }
+        tracing::warn!(instance = %self.ids.instance_id, "rollout gate: this instance retires now");
+        let record = Retiring {
+            instance_id: self.ids.instance_id.clone(),
+            terminate_sent: false,
+        };
+        if let Err(e) = self.store.save_retiring(&record) {
+            // Without the record a restart would not resume: do not start.
+            tracing::error!(error = %e, "cannot record the retirement in the data dir; not retiring now");
+            return Some(next);
+        }
+        self.handle.drain(DrainReason::Retire);
+        None
+    }
+}
+
+/// How long draining this instance takes at most: each wave's longest grace period.
+pub fn drain_estimate(plan: &Plan) -> Duration {
+    plan.waves()
+        .iter()
+        .map(|w| {
+            w.iter()
+                .map(|&i| plan.components[i].spec.stop_grace_period.0)
+                .max()
+                .unwrap_or_default()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against the fake group and the fake engine, on the
+    //! default settings (drift grace set to 0 where the test is about
+    //! something else), with tokio's paused clock.
+    use super::*;
+    use crate::aws::asg::{GroupSnapshot, InstanceInfo, Member};
+    use crate::aws::fake::FakeGroup;
+    use crate::runtime::fake::Fake;
+    use std::path::Path;
+
+    const MANIFEST: &str = "[clusters.web]\n[[clusters.web.containers]]\nname = \"web\"\nimage = \"reg/web:{version}\"\n[clusters.api]\n[[clusters.api.containers]]\nname = \"web\"\nimage = \"reg/api:{version}\"\n";
+
+    /// Two ready members on `web=1` (this one, `i-1`, the oldest) and the
+    /// group's `tags`.
+    fn world(tags: &[(&str, &str)]) -> FakeGroup {
+        let g = FakeGroup::default();
+        let member = |id: &str| Member {
+            instance_id: id.into(),
+            lifecycle_state: tags::IN_SERVICE.into(),
+            health_status: tags::HEALTHY.into(),
+        };
+        let info = |id: &str, launch: u64| InstanceInfo {
+            instance_id: id.into(),
+            launch_time: launch,
+            tags: [
+                (tags::TAG_STATE, "ready"),
+                (tags::TAG_VERSIONS, "web=1"),
+                (tags::TAG_PINNED_CLUSTER, "web"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let mut f = g.state();
+        f.snapshot = Some(GroupSnapshot {
+            name: "asg".into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            desired_capacity: 2,
+            members: vec![member("i-1"), member("i-2")],
+        });
+        f.instances = vec![info("i-1", 100), info("i-2", 200)];
+        drop(f);
+        g
+    }
+
+    struct Run {
+        inbox: crate::supervisor::Inbox,
+        store: Store,
+        _dir: tempfile::TempDir,
+        task: tokio::task::JoinHandle<()>,
+        cancel: CancellationToken,
+    }
+
+    fn start(g: &FakeGroup, engine: Fake, aborted: Option<Aborted>) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (handle, inbox) = Handle::for_tests();
+        let (_tx, report) = watch::channel(Report {
+            state: AgentState::Ready,
+            ..Default::default()
+        });
+        let cancel = CancellationToken::new();
+        let driver = Driver {
+            group: g.clone(),
+            engine,
+            ids: Ids {
+                instance_id: "i-1".into(),
+                group: "asg".into(),
+            },
+            manifest: Manifest::parse(MANIFEST, Path::new("m.toml")).unwrap(),
+            plan: crate::plan::for_tests(MANIFEST, "1"),
+            store: store.clone(),
+            handle,
+            report,
+            aborted,
+            cancel: cancel.clone(),
+        };
+        let task = tokio::spawn(driver.run());
+        Run {
+            inbox,
+            store,
+            _dir: dir,
+            task,
+            cancel,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_version_change_retires_the_head_of_the_line_after_the_default_grace() {
+        let g = world(&[("berth:cluster", "web"), ("berth:version", "2")]);
+        let mut r = start(&g, Fake::default(), None);
+        // The default drift grace is 60 s: nothing before it.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(r.inbox.drained(), None);
+        assert!(r.inbox.last_message().unwrap().contains("drift grace"));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
+        r.task.await.unwrap();
+        assert!(
+            r.store.load_retiring("i-1").unwrap().is_some(),
+            "recorded first"
+        );
+    }
+
+    /// Defect: a changed `berth:cluster` with the same versions never retired.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_cluster_with_the_same_versions_retires() {
+        let g = world(&[
+            ("berth:cluster", "api"),
+            ("berth:version", "1"),
+            ("berth:drift-grace", "0s"),
+        ]);
+        let mut r = start(&g, Fake::default(), None);
+        r.task.await.unwrap();
+        assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_image_retires_nobody_and_says_why() {
+        let g = world(&[
+            ("berth:cluster", "web"),
+            ("berth:version", "2.O"),
+            ("berth:drift-grace", "0s"),
+        ]);
+        let engine = Fake::default();
+        engine.state().missing_images = vec!["reg/web:2.O".into()];
+        let mut r = start(&g, engine, None);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(r.inbox.drained(), None);
+        assert!(r.inbox.last_message().unwrap().contains("does not exist"));
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    /// After an aborted retirement, not again before the backoff (5 min).
+    #[tokio::test(start_paused = true)]
+    async fn an_aborted_retirement_waits_its_backoff_then_the_gate_decides() {
+        let g = world(&[
+            ("berth:cluster", "web"),
+            ("berth:version", "2"),
+            ("berth:drift-grace", "0s"),
+        ]);
+        let aborted = Aborted {
+            error: "AccessDenied".into(),
+            count: 1,
+        };
+        assert_eq!(abort_backoff(&aborted), RETIRE_ABORT_BACKOFF);
+        let mut r = start(&g, Fake::default(), Some(aborted));
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        assert_eq!(r.inbox.drained(), None);
+        assert!(
+            r.inbox
+                .last_message()
+                .unwrap()
+                .contains("may retire again in")
+        );
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
+        r.task.await.unwrap();
+        let a = |count| Aborted {
+            error: String::new(),
+            count,
+        };
+        assert_eq!(abort_backoff(&a(2)), RETIRE_ABORT_BACKOFF * 2);
+        assert_eq!(abort_backoff(&a(10)), RETIRE_ABORT_BACKOFF_MAX);
+    }
+
+    /// A wrong IAM policy on the reads: no decision, said once, nothing drained.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_group_decides_nothing() {
+        let g = world(&[("berth:cluster", "web"), ("berth:version", "2")]);
+        g.fail(
+            "DescribeAutoScalingGroups",
+            crate::aws::AwsError::permanent(
+                crate::aws::AwsOp::DescribeAutoScalingGroups,
+                "asg",
+                "AccessDenied: not authorized",
+            ),
+            1000,
+        );
+        let mut r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(r.inbox.drained(), None);
+        assert!(r.inbox.last_message().unwrap().contains("AccessDenied"));
+        let calls = g.calls("DescribeAutoScalingGroups").len();
+        assert!(calls <= 25, "backs off: {calls} calls in 10 minutes");
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+}

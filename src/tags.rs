@@ -1,0 +1,67 @@
+//! Every `berth:*` tag and every lifecycle string berth reads or writes, in
+//! one place. Everyone else imports them from here.
+
+/// Group tag naming the cluster; defaults to the group's name.
+pub const TAG_CLUSTER: &str = "berth:cluster";
+/// Group tag with the preferred version of every component.
+pub const TAG_VERSION: &str = "berth:version";
+/// Prefix of the per-component version tag, `berth:version:<component>`.
+pub const TAG_VERSION_PREFIX: &str = "berth:version:";
+/// Group tag: the rollout budget, a count (`2`) or a percent (`10%`) of desired capacity.
+pub const TAG_MAX_UNAVAILABLE: &str = "berth:max-unavailable";
+/// Group tag: how long drift must persist before retiring.
+pub const TAG_DRIFT_GRACE: &str = "berth:drift-grace";
+/// Group tag: `true` stops all retirements.
+pub const TAG_PAUSED: &str = "berth:paused";
+
+/// Instance tag: the pin, `web=1.4.2,proxy=0.9.1`.
+pub const TAG_VERSIONS: &str = "berth:versions";
+/// Instance tag: the pinned cluster (drift includes a changed cluster).
+pub const TAG_PINNED_CLUSTER: &str = "berth:pinned-cluster";
+/// Instance tag: the agent's state, one of [`InstanceState`].
+pub const TAG_STATE: &str = "berth:state";
+
+/// The instance tag the group sets on its members (visible in IMDS when
+/// instance-metadata tags are enabled).
+pub const GROUP_NAME_TAG: &str = "aws:autoscaling:groupName";
+
+/// Lifecycle transition of launch hooks.
+pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
+/// Lifecycle transition of terminate hooks.
+pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+/// A member's lifecycle state once it serves.
+pub const IN_SERVICE: &str = "InService";
+/// A member's lifecycle state while a launch hook holds it.
+pub const PENDING_WAIT: &str = "Pending:Wait";
+/// A member's health status when the group counts it healthy.
+pub const HEALTHY: &str = "Healthy";
+/// IMDS `autoscaling/target-lifecycle-state` when the group terminates the instance.
+pub const TARGET_TERMINATED: &str = "Terminated";
+/// Lifecycle action results.
+pub const CONTINUE: &str = "CONTINUE";
+pub const ABANDON: &str = "ABANDON";
+
+/// The values of the `berth:state` instance tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    Starting,
+    Ready,
+    Degraded,
+    /// Stopping containers because the group terminates the instance (or spot).
+    Draining,
+    /// Retiring: the rollout gate chose this instance; it drains, then terminates.
+    Retiring,
+}
+
+impl InstanceState {
+    /// The tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Degraded => "degraded",
+            InstanceState::Draining => "draining",
+            InstanceState::Retiring => "retiring",
+        }
+    }
+}
