@@ -16,6 +16,18 @@ fn running_forever() -> &'static str {
     r#"command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#
 }
 
+/// One component, `web`, that runs until stopped, on the base image.
+fn web_forever() -> Fx {
+    Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+            running_forever()
+        ),
+        "",
+        "base",
+    )
+}
+
 fn started_at(id: &str) -> String {
     inspect_field(id, "{{.State.StartedAt}}")
 }
@@ -191,14 +203,7 @@ fn pull_is_retried_while_the_registry_is_down() {
 
 #[test]
 fn a_killed_container_is_restarted_in_place() {
-    let fx = Fx::new(
-        &format!(
-            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
-            running_forever()
-        ),
-        "",
-        "base",
-    );
+    let fx = web_forever();
     base_image();
     let _agent = fx.agent(&[]);
     let s = fx.wait_ready();
@@ -235,13 +240,20 @@ fn a_crash_loop_backs_off_then_fails_and_keeps_retrying() {
 name = "crashy"
 image = "berth-test/busybox:{version}"
 command = ["sh", "-c", "exit 3"]
-restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", failure_budget = 5 }
 "#,
         "",
         "base",
     );
     let agent = fx.agent(&[("BERTH_LOG_FORMAT", "json")]);
     let s = fx.wait_status("crashy failed", |s| comp(s, "crashy")["state"] == "failed");
+    // A failed component is "degraded", and says why (not "starting" for minutes).
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("component crashy failed")),
+        "{s}"
+    );
     let c = comp(&s, "crashy");
     assert!(c["failures"].as_u64().unwrap() >= 5, "{c}");
     assert_eq!(c["last_exit_code"], 3);
@@ -256,7 +268,8 @@ restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", fai
         vec![id.clone()],
         "a crash loop leaves one container"
     );
-    // The schedule the agent decided: immediate, then 0.5 s, 1 s, 2 s, 3 s (cap), ±10 % jitter.
+    // The default restart policy's schedule: immediate, then 1 s, 2 s, 4 s,
+    // 8 s, 16 s, ±10 % jitter (30 s cap), and failed after 5.
     let decided: Vec<u64> = agent
         .log()
         .lines()
@@ -265,7 +278,7 @@ restart = { initial_delay = "500ms", max_delay = "3s", stable_after = "10s", fai
         .map(|v| v["restart_in_ms"].as_u64().expect("restart_in_ms"))
         .collect();
     assert!(decided.len() >= 5, "{decided:?}");
-    for (got, want) in decided.iter().zip([0u64, 500, 1000, 2000, 3000, 3000]) {
+    for (got, want) in decided.iter().zip([0u64, 1000, 2000, 4000, 8000, 16000]) {
         assert!(got.abs_diff(want) <= want / 10, "schedule {decided:?}");
     }
     // And it waited at least that long each time (a lower bound holds under any load).
@@ -681,14 +694,7 @@ fn plan_shows_what_would_run_without_starting_anything() {
 #[test]
 fn status_command_prints_the_table_and_json() {
     base_image();
-    let fx = Fx::new(
-        &format!(
-            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
-            running_forever()
-        ),
-        "",
-        "base",
-    );
+    let fx = web_forever();
     let _agent = fx.agent(&[]);
     fx.wait_ready();
     let out = berth(&["status", "--addr", &fx.status_addr], &[]);
@@ -716,14 +722,7 @@ fn an_engine_restart_is_survived() {
     let mut engine = PrivateDockerd::start();
     let host = engine.host();
     engine.load_base_image();
-    let fx = Fx::new(
-        &format!(
-            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
-            running_forever()
-        ),
-        "",
-        "base",
-    );
+    let fx = web_forever();
     let mut agent = fx.agent(&[("DOCKER_HOST", &host)]);
     let s = fx.wait_ready();
     let id = comp(&s, "web")["container_id"]
@@ -731,7 +730,14 @@ fn an_engine_restart_is_survived() {
         .unwrap()
         .to_string();
     engine.stop();
-    fx.wait_status("engine lost", |s| s["engine_connected"] == false);
+    // An unreachable engine is never the container's failure, and the agent
+    // says it is degraded, and why (not "ready" with the engine gone).
+    let down = fx.wait_status("engine lost", |s| s["engine_connected"] == false);
+    assert_eq!(down["state"], "degraded", "{down}");
+    assert!(
+        down["reason"].as_str().unwrap_or("").contains("engine"),
+        "{down}"
+    );
     engine.start_again();
     let s = fx.wait_status("running again after the engine restart", |s| {
         s["engine_connected"] == true
@@ -745,7 +751,228 @@ fn an_engine_restart_is_survived() {
     );
     assert_eq!(inspect_field_at(&host, &id, "{{.State.Running}}"), "true");
     assert_eq!(container_ids_with_label_at(&host, &fx.label()).len(), 1);
-    assert!(agent.log().contains("lost the engine"));
+    assert_eq!(
+        comp(&s, "web")["failures"],
+        0,
+        "the engine's restart is not counted against the budget: {s}"
+    );
+    assert!(agent.log().contains("lost the container engine"));
     agent.kill();
     remove_containers_with_label_at(&host, &fx.label());
+}
+
+/// Defect: a container that ran longer than `stable_after` and then fails
+/// to *start* (here its bind-mounted file was replaced by a directory) was
+/// restarted in a hot loop, `failures=1 restart_in_ms=0` every time, never
+/// failed. On the default restart policy it now backs off and fails.
+#[test]
+fn a_start_that_fails_after_a_long_run_backs_off_on_the_defaults() {
+    base_image();
+    let host_dir = tempfile::tempdir().unwrap();
+    let conf = host_dir.path().join("app.conf");
+    std::fs::write(&conf, "x=1\n").unwrap();
+    let fx = Fx::new(
+        &format!(
+            "[[clusters.web.containers]]\nname = \"web\"\nimage = \"berth-test/busybox:{{version}}\"\nvolumes = [\"{}:/app.conf:ro\"]\n{}\n",
+            conf.display(),
+            running_forever()
+        ),
+        "",
+        "base",
+    );
+    let agent = fx.agent(&[("BERTH_LOG_FORMAT", "json")]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A run longer than the default stable_after (10 s).
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    std::fs::remove_file(&conf).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    kill_main_process(&id);
+    let s = fx.wait_status("web failed after failed starts", |s| {
+        comp(s, "web")["state"] == "failed" || comp(s, "web")["failed_since"].is_string()
+    });
+    let c = comp(&s, "web");
+    assert!(c["failures"].as_u64().unwrap() >= 5, "{c}");
+    let decided: Vec<u64> = agent
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "component failed" && v["component"] == "web")
+        .map(|v| v["restart_in_ms"].as_u64().expect("restart_in_ms"))
+        .collect();
+    // The death after the long run restarts at once; then 1 s, 2 s, 4 s, 8 s (±10 %).
+    for (got, want) in decided.iter().zip([0u64, 1000, 2000, 4000, 8000]) {
+        assert!(got.abs_diff(want) <= want / 10, "schedule {decided:?}");
+    }
+    assert!(decided.len() < 20, "no hot loop: {decided:?}");
+    remove_containers_with_label(&fx.label());
+}
+
+/// Defect: an unusable data dir (full, read-only, or here a file where the
+/// directory should be) exited 78, on which systemd never restarts. Now the
+/// agent waits, says why in its status, and carries on once it is fixed.
+#[test]
+fn an_unusable_data_dir_is_waited_for_not_fatal() {
+    base_image();
+    let fx = web_forever();
+    std::fs::write(fx.data_dir(), "not a directory").unwrap();
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_status("waiting for the data dir", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot use the data dir"))
+    });
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(
+        agent.wait_exit(std::time::Duration::from_millis(200)),
+        None,
+        "still running: {}",
+        agent.log()
+    );
+    std::fs::remove_file(fx.data_dir()).unwrap();
+    fx.wait_ready();
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&fx.data_dir()), 0o700, "the data dir is private");
+    agent.kill();
+    remove_containers_with_label(&fx.label());
+}
+
+/// Defect: `berth plan` with IMDS unreachable exited 78 ("bad
+/// configuration"); it is a temporary failure (75), and a bad manifest
+/// still is 78.
+#[test]
+fn exit_codes_tell_temporary_failures_from_bad_configuration() {
+    let fx = Fx::new(
+        "[[clusters.web.containers]]\nname = \"web\"\nimage = \"web:{version}\"\n",
+        "",
+        "1",
+    );
+    let manifest = fx.manifest().display().to_string();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = berth(
+        &["plan", "--config", &manifest],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &dead)],
+    );
+    assert_eq!(
+        exit_code(out.status),
+        75,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(fx.manifest(), "[agent]\nbogus = 1\n").unwrap();
+    let out = berth(&["plan", "--config", &manifest], &[]);
+    assert_eq!(exit_code(out.status), 78);
+    let out = berth(&["validate", "--config", &manifest], &[]);
+    assert_eq!(exit_code(out.status), 78);
+}
+
+#[test]
+fn the_namespace_flag_overrides_the_manifest() {
+    base_image();
+    let fx = web_forever();
+    let ns = unique("flag");
+    let mut args = fx.args();
+    args.extend(["--namespace".to_string(), ns.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::spawn(&args, &[]);
+    fx.wait_ready();
+    let label = format!("berth.namespace={ns}");
+    let ids = container_ids_with_label(&label);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(inspect_field(&ids[0], "{{.Name}}"), format!("/{ns}-web"));
+    assert!(container_ids_with_label(&fx.label()).is_empty());
+    agent.kill();
+    remove_containers_with_label(&label);
+}
+
+/// Defects: restart counts started from zero after an agent restart; a
+/// changed `instance_id` in the local file was ignored silently.
+#[test]
+fn restart_counts_survive_an_agent_restart_and_a_new_instance_id_is_reported() {
+    base_image();
+    let fx = web_forever();
+    let mut agent = fx.agent(&[]);
+    let s = fx.wait_ready();
+    let id = comp(&s, "web")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    kill_main_process(&id);
+    fx.wait_status("restarted once", |s| {
+        comp(s, "web")["restarts"] == 1 && comp(s, "web")["state"] == "running"
+    });
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(LONG), Some(0));
+    let mut again = fx.agent(&[]);
+    let s = fx.wait_ready();
+    assert_eq!(
+        comp(&s, "web")["restarts"],
+        1,
+        "kept across the agent restart: {s}"
+    );
+    fx.write_local(
+        "instance_id = \"i-someone-else\"\ngroup = \"web\"\n[tags]\n\"berth:version\" = \"base\"\n",
+    );
+    let s = fx.wait_status("the new instance id is reported", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("i-someone-else"))
+    });
+    assert_eq!(s["state"], "ready", "nothing else changes: {s}");
+    assert!(again.log().contains("names another instance"));
+    assert_eq!(again.wait_exit(std::time::Duration::from_millis(200)), None);
+    again.kill();
+    remove_containers_with_label(&fx.label());
+}
+
+/// systemd's protocol as the unit uses it (`Type=notify`, `WatchdogSec=30s`):
+/// READY=1 once the status API listens, then WATCHDOG=1 every half period
+/// from the running supervisor. The test stands in for systemd with its own
+/// notify socket.
+#[test]
+fn systemd_hears_ready_and_watchdog_pings_on_the_unit_period() {
+    use std::os::unix::net::UnixDatagram;
+    base_image();
+    let fx = web_forever();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let unit = std::fs::read_to_string("systemd/berth.service").unwrap();
+    let period_s: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("WatchdogSec="))
+        .map(|v| v.trim().trim_end_matches('s').parse().unwrap())
+        .unwrap_or(30);
+    let usec = (period_s * 1_000_000).to_string();
+    let sock_env = sock_path.display().to_string();
+    let mut agent = fx.agent(&[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", &usec)]);
+    let mut got: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(period_s * 3 + 30);
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline
+        && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 2
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("STATUS=ready")),
+        "the status line follows the agent state: {got:?}"
+    );
+    agent.kill();
+    remove_containers_with_label(&fx.label());
 }

@@ -263,6 +263,12 @@ fn a_terminating_target_state_drains_and_completes_the_terminate_hook() {
             .map(String::as_str),
         Some("draining")
     );
+    // The log says what happened: a termination, not a retirement.
+    assert!(
+        agent.log().contains("drained (terminated)"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -280,7 +286,7 @@ fn a_spot_interruption_notice_drains() {
     ));
     assert_eq!(agent.wait_exit(LONG), Some(3));
     assert_eq!(inspect_field(&id, "{{.State.Running}}"), "false");
-    assert!(agent.log().contains("Spot"));
+    assert!(agent.log().contains("spot interruption"));
     assert_eq!(
         w.proxy.count("CompleteLifecycleAction"),
         0,
@@ -290,20 +296,23 @@ fn a_spot_interruption_notice_drains() {
 
 #[test]
 fn an_exhausted_failure_budget_marks_the_instance_unhealthy() {
+    // On the defaults: restart policy (budget 5, backoff 1 s … 30 s) and
+    // unhealthy_after = 60 s. The crash loop's phase keeps changing; the
+    // escalation must fire all the same (it used to never fire).
     base_image();
-    let containers = "[[clusters.web.containers]]\nname = \"crashy\"\nimage = \"berth-test/busybox:{version}\"\ncommand = [\"sh\", \"-c\", \"exit 1\"]\nrestart = { initial_delay = \"200ms\", max_delay = \"1s\", failure_budget = 2 }\n";
-    let w = Ec2World::new(
-        &[("berth:version", "base")],
-        true,
-        containers,
-        "unhealthy_after = \"1s\"",
-    );
+    let containers = "[[clusters.web.containers]]\nname = \"crashy\"\nimage = \"berth-test/busybox:{version}\"\ncommand = [\"sh\", \"-c\", \"sleep 1; exit 1\"]\n";
+    let w = Ec2World::new(&[("berth:version", "base")], true, containers, "");
     assert_eq!(w.moto.instance_health(&w.group, &w.instance), "Healthy");
     let mut agent = w.agent();
-    wait_until("instance marked Unhealthy", LONG, || {
-        (w.moto.instance_health(&w.group, &w.instance) == "Unhealthy").then_some(())
-    });
+    wait_until(
+        "instance marked Unhealthy",
+        std::time::Duration::from_secs(240),
+        || (w.moto.instance_health(&w.group, &w.instance) == "Unhealthy").then_some(()),
+    );
     agent.wait_log("instance marked Unhealthy", LONG);
+    let s = w.fx.status().expect("status");
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert!(s["components"][0]["failed_since"].is_string(), "{s}");
 }
 
 #[test]
@@ -341,9 +350,10 @@ fn bad_group_tags_are_named_and_nothing_starts_until_fixed() {
     base_image();
     let w = Ec2World::new(&[], true, &forever("web"), "");
     let mut agent = w.agent();
+    // Before anything is pinned, why the agent waits is its `reason`.
     let wait_msg = |needle: &str| {
         w.fx.wait_status(&format!("status names {needle}"), |s| {
-            s["message"].as_str().is_some_and(|m| m.contains(needle))
+            s["reason"].as_str().is_some_and(|m| m.contains(needle))
         })
     };
     wait_msg("berth:version");
@@ -403,8 +413,9 @@ fn aws_throttling_or_outage_changes_nothing_and_recovers() {
     // Down at boot: nothing is pinned or started until AWS answers.
     w.proxy.set_fault(Fault::Unavailable);
     let mut agent = w.agent();
+    // Before anything is pinned, why the agent waits is its `reason`.
     w.fx.wait_status("waiting on AWS at boot", |s| {
-        s["message"]
+        s["reason"]
             .as_str()
             .is_some_and(|m| m.contains("DescribeAutoScalingGroups"))
     });

@@ -277,3 +277,51 @@ fn an_agent_killed_while_retiring_resumes_and_terminates_once() {
         "the restarted agent resumed: {log}"
     );
 }
+
+/// Defect: a retirement refused by a wrong IAM policy (AccessDenied on
+/// `TerminateInstanceInAutoScalingGroup`) used to retry for ever, leaving
+/// the instance drained, InService and tagged `retiring`, holding the
+/// group's only slot. Now it is aborted at once: the containers start
+/// again, the instance is tagged `ready` again, and its status says why.
+#[test]
+fn a_retirement_denied_by_iam_is_aborted_and_the_instance_serves_again() {
+    let f = fleet("1", &[], "1s", true);
+    f.proxy
+        .set_fault(Fault::Deny("TerminateInstanceInAutoScalingGroup"));
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    let aborted = wait_until("a retirement aborted", ROLLOUT, || {
+        f.statuses().into_iter().find(|(_, s)| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("retirement aborted") && m.contains("AccessDenied"))
+        })
+    });
+    let (id, _) = aborted;
+    // It serves again: containers running, tagged ready, on its old pin.
+    let s = wait_until("the aborted member is ready again", ROLLOUT, || {
+        let s = f.statuses().remove(&id)?;
+        (s["state"] == "ready"
+            && f.moto
+                .instance_tags(&id)
+                .get("berth:state")
+                .map(String::as_str)
+                == Some("ready"))
+        .then_some(s)
+    });
+    assert!(
+        s["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "running" && c["version"] == "1"),
+        "{s}"
+    );
+    assert!(f.terminated().is_empty(), "nobody was terminated");
+    assert!(f.proxy.count("TerminateInstanceInAutoScalingGroup") >= 1);
+    let log = f
+        .with_member(&id, |m| {
+            m.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+        })
+        .unwrap();
+    assert!(log.contains("retirement aborted"), "the ERROR names it");
+}

@@ -106,6 +106,7 @@ impl Member {
             healthy,
             berth_state: Some(state.into()),
             versions: Some(if self.drifted { old() } else { preferred() }),
+            cluster: None,
         }
     }
 }
@@ -158,6 +159,7 @@ impl World {
         Snapshot {
             desired_capacity: self.desired,
             members: self.members.iter().map(Member::view).collect(),
+            cluster: None,
         }
     }
 
@@ -434,6 +436,7 @@ fn healthy(launches: &[u64]) -> Snapshot {
                 .view()
             })
             .collect(),
+        cluster: None,
     }
 }
 
@@ -561,8 +564,10 @@ proptest! {
                         ])),
                         _ => None,
                     },
+                    cluster: None,
                 })
                 .collect(),
+            cluster: None,
         };
         let retire: Vec<String> = s
             .members

@@ -210,7 +210,7 @@ impl Sim {
             now_ms: self.now,
             snapshot: &self.group,
             me: &a.id,
-            pinned,
+            drifted: pinned != preferred,
             preferred,
             policy: &self.policy,
             image: &ImageCheck::Present,
@@ -242,6 +242,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
         group: Snapshot {
             desired_capacity: n,
             members: Vec::new(),
+            cluster: None,
         },
         policy: Policy {
             max_unavailable: MaxUnavailable::Count(k),
@@ -271,6 +272,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
             healthy: true,
             berth_state: Some("ready".into()),
             versions: Some(sim.old.clone()),
+            cluster: None,
         });
     }
     sim.group
@@ -285,7 +287,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
             now_ms: start,
             snapshot: &sim.group,
             me: &a.id,
-            pinned: &sim.old,
+            drifted: false,
             preferred: &sim.old,
             policy: &sim.policy,
             image: &ImageCheck::Present,
@@ -374,6 +376,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
                     healthy: true,
                     berth_state: Some("starting".into()),
                     versions: Some(sim.new.clone()),
+                    cluster: None,
                 };
                 let at = sim
                     .group

@@ -5,7 +5,8 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -100,6 +101,85 @@ fn http_get_decodes_chunked_and_sized_bodies() {
 
     // Nothing listens on a fresh free port: connection refused -> None.
     assert_eq!(http_get(&format!("127.0.0.1:{}", free_port()), "/"), None);
+}
+
+/// Reads one response with a `Content-Length` body from `conn`; returns its
+/// status code and body.
+fn read_response(conn: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("numeric content-length"))
+                .expect("every response has a Content-Length");
+            if buf.len() >= end + 4 + len {
+                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]);
+                return (status.expect("a status code"), body.into_owned());
+            }
+        }
+        let n = conn.read(&mut chunk).expect("read a response");
+        assert!(n > 0, "connection closed mid-response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn http_server_keeps_alive_bounds_requests_and_closes_on_drop() {
+    use support::http_server::{HttpServer, Request, Response};
+    let server = HttpServer::start(
+        "selftest-http",
+        Arc::new(|req: &Request| {
+            let body = String::from_utf8_lossy(&req.body);
+            let text = format!("{} {}?{} {body}", req.method, req.path(), req.query());
+            Response::new(200, "text/plain", text)
+        }),
+    );
+    let addr = format!("127.0.0.1:{}", server.port());
+    let r = http_request(&addr, "PUT", "/a?b=c", &[], b"xyz").expect("the server answers");
+    assert_eq!((r.status, r.text().as_str()), (200, "PUT /a?b=c xyz"));
+
+    let connect = || {
+        let conn = TcpStream::connect(&addr).expect("connect to the server");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set a read timeout");
+        conn
+    };
+    // Too large a body or head is refused.
+    let mut conn = connect();
+    conn.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16777217\r\n\r\n")
+        .expect("write a request head");
+    assert_eq!(read_response(&mut conn).0, 413);
+    let mut conn = connect();
+    let long = format!("GET / HTTP/1.1\r\nX-Long: {}", "y".repeat(70 * 1024));
+    conn.write_all(long.as_bytes()).expect("write a long head");
+    assert_eq!(read_response(&mut conn).0, 431);
+
+    // Keep-alive, with a chunked request body; dropping the server closes
+    // the open connection.
+    let mut conn = connect();
+    conn.write_all(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .expect("write a chunked request");
+    assert_eq!(read_response(&mut conn), (200, "POST /c? abc".to_string()));
+    conn.write_all(b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write a second request");
+    assert_eq!(read_response(&mut conn), (200, "GET /d? ".to_string()));
+    drop(server);
+    let mut rest = Vec::new();
+    match conn.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "the server still listens"
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -505,7 +506,14 @@ class Bench:
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         bv = subprocess.run([self.berth, "--version"], capture_output=True, text=True).stdout.strip()
+        size = Path(self.berth).stat().st_size
+        ftype = subprocess.run(["file", "-L", self.berth], capture_output=True, text=True).stdout
+        syms = subprocess.run(["objdump", "-T", self.berth], capture_output=True, text=True).stdout
+        glibc = sorted({tuple(int(x) for x in m.split(".")) for m in re.findall(r"GLIBC_([0-9.]+)", syms)})
         return {
+            "binary_bytes": size,
+            "binary_stripped": "not stripped" not in ftype,
+            "binary_glibc": ".".join(map(str, glibc[-1])) if glibc else "?",
             "nproc": os.cpu_count(),
             "cpu": cpu,
             "mem_gib": mem_kb / 1024 / 1024,
@@ -1126,6 +1134,10 @@ class Bench:
             f"| VmHWM (peak RSS) | {sig(hwm)} MiB | ≤ 15 MiB | {met(hwm <= 15)} |",
             f"| CPU, idle | {cpu_txt} | < 1 % | {met(fp['cpu_pct'] < 1)} |",
             f"| VmRSS right after settling | {sig(fp['rss_before_kib'] / 1024)} MiB | | |",
+            f"| binary size ({'stripped' if m['binary_stripped'] else 'NOT stripped'}) | "
+            f"{sig(m['binary_bytes'] / 1e6)} MB | ≤ 12 MB | {met(m['binary_bytes'] <= 12e6)} |",
+            f"| newest glibc symbol (`objdump -T`) | {m['binary_glibc']} | ≤ 2.17 (portable build) | "
+            f"{met(m['binary_glibc'] != '?' and tuple(int(x) for x in m['binary_glibc'].split('.')) <= (2, 17))} |",
             f"| threads | {fp['threads']} | | |",
             "",
         ]

@@ -1,11 +1,25 @@
-//! A minimal HTTP/1.x client over a raw `TcpStream`, enough to probe the
-//! agent's status endpoints and the test registry without extra crates.
+//! A small synchronous HTTP/1.x client on hyper, enough to probe the
+//! agent's status endpoints, the test registries, moto and the fakes.
+//!
+//! Each request opens its own connection and runs on a private runtime in a
+//! helper thread ([`super::moto::block_on`]), so the functions work from
+//! plain `#[test]`s and from inside `#[tokio::test]`s alike.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use hyper::{Method, Request, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::moto::block_on;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline for one whole exchange (send the request, read the response).
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A parsed HTTP response. Header names are lowercased.
@@ -13,7 +27,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct HttpResponse {
     /// Status code, e.g. 200.
     pub status: u16,
-    /// Headers in order of appearance, names lowercased, values trimmed.
+    /// Headers, names lowercased, values trimmed (several values of one
+    /// name in the order received).
     pub headers: Vec<(String, String)>,
     /// Body with any chunked transfer-encoding removed.
     pub body: Vec<u8>,
@@ -37,10 +52,10 @@ impl HttpResponse {
 
 /// Sends one request to `addr` (`host:port`) and reads the whole response.
 ///
-/// Uses HTTP/1.1 with `Connection: close` (or HTTP/1.0 if `http10`), adds
-/// `Host`, `Content-Length` (when a body is given or the method is POST/PUT)
-/// and the given extra `headers`. Returns `None` on any connection or I/O
-/// error, a timeout (3 s connect, 15 s per read/write), or a malformed
+/// Uses HTTP/1.1 with `Connection: close`, adds `Host`, `Content-Length`
+/// (when a body is given or the method is POST/PUT/PATCH) and the given
+/// extra `headers`. Returns `None` on any connection or protocol error, a
+/// timeout (3 s to connect, 15 s for the exchange) or a malformed
 /// response: callers typically poll with [`super::wait_until`].
 pub fn http_request(
     addr: &str,
@@ -72,6 +87,7 @@ pub fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
     }
 }
 
+/// [`http_request`] with errors, and HTTP/1.0 instead of 1.1 if `http10`.
 pub(crate) fn request(
     addr: &str,
     method: &str,
@@ -80,109 +96,72 @@ pub(crate) fn request(
     body: &[u8],
     http10: bool,
 ) -> io::Result<HttpResponse> {
-    let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing")
-    })?;
-    let mut stream = TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-
-    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    let mut head = format!(
-        "{method} {path} {version}\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: berth-tests\r\n"
-    );
+    let method = Method::from_bytes(method.as_bytes()).map_err(io::Error::other)?;
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .version(if http10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        })
+        .header(HOST, addr)
+        .header(USER_AGENT, "berth-tests");
+    if !http10 {
+        req = req.header(CONNECTION, "close");
+    }
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+        req = req.header(CONTENT_LENGTH, body.len());
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    stream.flush()?;
-
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw, method == "HEAD")
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(io::Error::other)?;
+    send(addr, req, IO_TIMEOUT)
 }
 
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-fn parse_response(raw: &[u8], head_only: bool) -> io::Result<HttpResponse> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers in response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let rest = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| bad("empty response"))?;
-    let mut parts = status_line.split_whitespace();
-    let proto = parts.next().unwrap_or("");
-    if !proto.starts_with("HTTP/") {
-        return Err(bad(format!("bad status line {status_line:?}")));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut resp = HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-        return Ok(resp);
-    }
-    let chunked = resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    resp.body = if chunked {
-        decode_chunked(rest)?
-    } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| bad(format!("bad content-length {len:?}")))?;
-        if rest.len() < len {
-            return Err(bad(format!(
-                "body truncated: {} of {len} bytes",
-                rest.len()
-            )));
-        }
-        rest[..len].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(resp)
-}
-
-/// Decodes a chunked HTTP/1.1 body (trailers are ignored).
-pub(crate) fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("chunk size line not terminated"))?;
-        let size_line = String::from_utf8_lossy(&data[..eol]);
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| bad(format!("bad chunk size {size_hex:?}")))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out); // trailers, if any, are ignored
-        }
-        if data.len() < size + 2 {
-            return Err(bad("chunk truncated"));
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+/// Sends `req` as is over a fresh connection to `addr` (`host:port`) and
+/// reads the whole response; `io_timeout` bounds the exchange after the
+/// connect (3 s).
+pub(crate) fn send(
+    addr: &str,
+    req: Request<Full<Bytes>>,
+    io_timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let addr = addr.to_string();
+    block_on(async move {
+        let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let exchange = async {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(io::Error::other)?;
+            // The connection ends when the exchange is over (`Connection:
+            // close`, or the sender is dropped); its errors also surface
+            // through `send_request`.
+            tokio::spawn(conn);
+            let resp = sender.send_request(req).await.map_err(io::Error::other)?;
+            let (head, body) = resp.into_parts();
+            let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            let headers = head
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                    (k.as_str().to_string(), v)
+                })
+                .collect();
+            Ok(HttpResponse {
+                status: head.status.as_u16(),
+                headers,
+                body: body.to_vec(),
+            })
+        };
+        timeout(io_timeout, exchange)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP exchange timed out"))?
+    })
 }

@@ -1,21 +1,29 @@
-//! A tiny threaded HTTP/1.1 server on 127.0.0.1 for the in-process fakes
-//! ([`super::imds::Imds`], [`super::lifecycle_proxy::LifecycleProxy`]).
+//! A small HTTP/1.1 server on 127.0.0.1 for the in-process fakes
+//! ([`super::imds::Imds`], [`super::lifecycle_proxy::LifecycleProxy`]):
+//! hyper on a private tokio runtime in a background thread.
 //!
-//! One thread accepts, one thread per connection serves requests in order.
-//! Keep-alive follows HTTP/1.1 (persistent unless the client sends
-//! `Connection: close`; HTTP/1.0 closes unless it asks for `keep-alive`), so
-//! the AWS SDK's pooled hyper client works against it. Request bodies are
-//! read by `Content-Length` (chunked request bodies are answered with 501);
-//! every response carries a `Content-Length`. Dropping the server stops the
-//! accept loop and shuts down every open connection.
+//! hyper speaks the protocol: keep-alive (the AWS SDK's pooled client
+//! relies on it), chunked request bodies, `Expect: 100-continue`. The
+//! synchronous handler runs on the runtime's blocking pool, once per
+//! request. Request heads over 64 KiB are answered 431, bodies over 16 MiB
+//! 413; a connection idle (or stalled in a request head) for 120 s is
+//! closed. Every response carries a `Content-Length`, and `Connection:
+//! close` when the client asked to close. Dropping the server stops it and
+//! closes every open connection.
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::CONNECTION;
+use hyper::service::service_fn;
+use hyper::{Version, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
 use super::util::free_port;
 
@@ -26,16 +34,16 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A connection idle (or stalled mid-request) this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One parsed HTTP request.
+/// One HTTP request, body read in full.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// Method as sent, e.g. `GET`.
     pub method: String,
-    /// Request target as sent: path plus optional `?query`.
+    /// Request target: path plus optional `?query`.
     pub target: String,
-    /// Protocol version as sent, e.g. `HTTP/1.1`.
+    /// Protocol version, e.g. `HTTP/1.1`.
     pub version: String,
-    /// Headers in order, names as sent (compare case-insensitively), values trimmed.
+    /// Headers, names lowercased (compare case-insensitively), values trimmed.
     pub headers: Vec<(String, String)>,
     /// The body (empty if none).
     pub body: Vec<u8>,
@@ -90,36 +98,14 @@ impl Response {
     }
 }
 
-/// Reason phrase for the status codes the fakes use.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// The request handler: called on the connection's thread for each request.
+/// The request handler: called on a blocking-pool thread for each request.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
 /// A running server; see the module docs. Dropping it stops it.
 pub struct HttpServer {
     port: u16,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
-    accept: Option<JoinHandle<()>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
@@ -142,22 +128,35 @@ impl HttpServer {
                 }
             }
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
-        let accept = {
-            let stop = stop.clone();
-            let conns = conns.clone();
-            let name = name.to_string();
-            thread::Builder::new()
-                .name(format!("{name}-accept"))
-                .spawn(move || accept_loop(&name, listener, stop, conns, handler))
-                .expect("HttpServer::start: cannot spawn the accept thread")
-        };
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("{name}: cannot make the listener non-blocking: {e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("{name}-handler"))
+            .build()
+            .unwrap_or_else(|e| panic!("{name}: cannot build a tokio runtime: {e}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name(format!("{name}-http"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("HttpServer: cannot register the listener");
+                    tokio::select! {
+                        _ = stopped => {}
+                        _ = accept_loop(listener, handler) => {}
+                    }
+                });
+                // Drops every connection task, closing its socket; gives
+                // handlers still running a moment to finish.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .unwrap_or_else(|e| panic!("{name}: cannot spawn the server thread: {e}"));
         HttpServer {
             port,
-            stop,
-            conns,
-            accept: Some(accept),
+            stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
@@ -174,211 +173,104 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the loop sees the flag. If that
-        // fails, leave the accept thread behind rather than hang here.
-        let woke =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1))
-                .is_ok();
-        if let Some(accept) = self.accept.take()
-            && woke
-        {
-            let _ = accept.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        for stream in conns.values() {
-            let _ = stream.shutdown(Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn accept_loop(
-    name: &str,
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
-    handler: Handler,
-) {
-    let next_id = AtomicU64::new(0);
+async fn accept_loop(listener: tokio::net::TcpListener, handler: Handler) {
     loop {
-        let accepted = listener.accept();
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match accepted {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(_) => {
                 // E.g. EMFILE; do not spin.
-                thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, clone);
-        }
-        let conns = conns.clone();
+        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let stop = stop.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("{name}-conn-{id}"))
-            .spawn(move || {
-                serve_connection(stream, &handler, &stop);
-                conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            });
-        if let Err(e) = spawned {
-            eprintln!("warning: {name}: cannot spawn a connection thread: {e}");
-        }
+        tokio::spawn(async move {
+            let service = service_fn(move |req| serve(handler.clone(), req));
+            // A connection error only ends this connection.
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
+                .max_header_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
-fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
-    let _ = stream.set_nodelay(true);
-    let Ok(write_half) = stream.try_clone() else {
-        return;
+/// Reads the body of `req`, runs `handler` on it and converts its answer.
+async fn serve(
+    handler: Handler,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (head, body) = req.into_parts();
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        // A Content-Length over the limit: refuse before reading.
+        return Ok(plain(413, "request body too large"));
+    }
+    let body = tokio::time::timeout(IDLE_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    let body = match body {
+        Ok(Ok(body)) => body.to_bytes().to_vec(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return Ok(plain(413, "request body too large"));
+        }
+        Ok(Err(e)) => return Ok(plain(400, &format!("cannot read the request body: {e}"))),
+        Err(_) => return Ok(plain(408, "request body timed out")),
     };
-    let mut writer = write_half;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let req = match read_request(&mut reader, &mut writer) {
-            Ok(Some(req)) => req,
-            Ok(None) => return, // clean EOF between requests
-            Err(ReadError::Io(_)) => return,
-            Err(ReadError::Reject(status, msg)) => {
-                let resp = Response::new(status, "text/plain", msg);
-                let _ = write_response(&mut writer, &resp, true);
-                return;
-            }
-        };
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let close = wants_close(&req);
-        let resp = handler(&req);
-        if write_response(&mut writer, &resp, close).is_err() || close {
-            let _ = writer.shutdown(Shutdown::Write);
-            return;
-        }
-    }
-}
-
-fn wants_close(req: &Request) -> bool {
-    let conn = req
-        .header("connection")
-        .map(str::to_ascii_lowercase)
+    let connection = head
+        .headers
+        .get(CONNECTION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
         .unwrap_or_default();
-    if req.version == "HTTP/1.0" {
-        !conn.contains("keep-alive")
+    let close = if head.version == Version::HTTP_10 {
+        !connection.contains("keep-alive")
     } else {
-        conn.contains("close")
-    }
-}
-
-enum ReadError {
-    Io(io::Error),
-    /// Answer with this status and message, then close.
-    Reject(u16, String),
-}
-
-impl From<io::Error> for ReadError {
-    fn from(e: io::Error) -> Self {
-        ReadError::Io(e)
-    }
-}
-
-/// Reads one request; `Ok(None)` on EOF before its first byte.
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    writer: &mut TcpStream,
-) -> Result<Option<Request>, ReadError> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            if head.is_empty() {
-                return Ok(None);
-            }
-            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        if head.is_empty() && (line == b"\r\n" || line == b"\n") {
-            continue; // tolerate stray CRLF between requests (RFC 9112 2.2)
-        }
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        head.extend_from_slice(&line);
-        if head.len() > MAX_HEAD {
-            return Err(ReadError::Reject(400, "request head too large".into()));
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.lines();
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ReadError::Reject(
-            400,
-            format!("bad request line {request_line:?}"),
-        ));
+        connection.contains("close")
     };
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut req = Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        version: version.to_string(),
-        headers,
-        body: Vec::new(),
+    let request = Request {
+        method: head.method.to_string(),
+        target: head
+            .uri
+            .path_and_query()
+            .map_or_else(|| head.uri.to_string(), ToString::to_string),
+        version: format!("{:?}", head.version),
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                (k.to_string(), v)
+            })
+            .collect(),
+        body,
     };
-    if req.header("transfer-encoding").is_some() {
-        return Err(ReadError::Reject(
-            501,
-            "chunked request bodies are not supported by this test server".into(),
-        ));
-    }
-    let len = match req.header("content-length") {
-        None => 0,
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| ReadError::Reject(400, format!("bad Content-Length {v:?}")))?,
+    let resp = match tokio::task::spawn_blocking(move || handler(&request)).await {
+        Ok(resp) => resp,
+        Err(e) => Response::new(500, "text/plain", format!("the handler failed: {e}")),
     };
-    if len > MAX_BODY {
-        return Err(ReadError::Reject(413, "request body too large".into()));
-    }
-    if len > 0
-        && req
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
-    req.body = body;
-    Ok(Some(req))
-}
-
-fn write_response(w: &mut TcpStream, resp: &Response, close: bool) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    let mut builder = hyper::Response::builder().status(resp.status);
     for (k, v) in &resp.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        builder = builder.header(k.as_str(), v.as_str());
     }
-    head.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
     if close {
-        head.push_str("Connection: close\r\n");
+        builder = builder.header(CONNECTION, "close");
     }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&resp.body);
-    w.write_all(&out)?;
-    w.flush()
+    Ok(builder
+        .body(Full::new(Bytes::from(resp.body)))
+        .unwrap_or_else(|e| plain(500, &format!("the handler's response is invalid: {e}"))))
+}
+
+fn plain(status: u16, body: &str) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status code");
+    resp
 }

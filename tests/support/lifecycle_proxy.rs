@@ -29,15 +29,19 @@
 //!    reads `Pending:Wait`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST};
+
+use super::http::send;
 use super::http_server::{HttpServer, Request, Response};
 
 const XMLNS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline for one forwarded exchange with moto (after a 3 s connect).
 const UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request and response headers that belong to one hop only.
 const HOP_BY_HOP: &[&str] = &[
@@ -64,6 +68,9 @@ pub enum Fault {
     /// Every request: HTTP 503 with the query-protocol error
     /// `ServiceUnavailable`.
     Unavailable,
+    /// Requests with this `Action` only: HTTP 403 `AccessDenied`, as AWS
+    /// answers when the instance profile lacks the permission.
+    Deny(&'static str),
 }
 
 /// One intercepted `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
@@ -213,6 +220,15 @@ fn handle(state: &Mutex<State>, upstream: &str, req: &Request) -> Response {
         *st.counts.entry(action.clone()).or_default() += 1;
         match st.fault {
             Fault::None => {}
+            Fault::Deny(a) if a != action => {}
+            Fault::Deny(a) => {
+                return error_response(
+                    403,
+                    "Sender",
+                    "AccessDenied",
+                    &format!("User is not authorized to perform: autoscaling:{a}"),
+                );
+            }
             Fault::Throttle => {
                 return error_response(400, "Sender", "Throttling", "Rate exceeded");
             }
@@ -429,92 +445,32 @@ fn request_id() -> String {
 /// Sends `req` to `upstream` (`host:port`) over a fresh connection and reads
 /// the whole answer. Hop-by-hop headers of both sides are dropped.
 fn forward(upstream: &str, req: &Request) -> io::Result<Response> {
-    let addr = upstream
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, UPSTREAM_CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(UPSTREAM_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(UPSTREAM_IO_TIMEOUT))?;
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {upstream}\r\n",
-        req.method, req.target
-    );
-    for (k, v) in &req.headers {
-        if !is_hop_by_hop(k) {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
+    let mut fwd = hyper::Request::builder()
+        .method(req.method.as_str())
+        .uri(req.target.as_str())
+        .header(HOST, upstream)
+        .header(CONNECTION, "close");
+    for (k, v) in req.headers.iter().filter(|(k, _)| !is_hop_by_hop(k)) {
+        fwd = fwd.header(k.as_str(), v.as_str());
     }
     if !req.body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("Content-Length: {}\r\n", req.body.len()));
+        fwd = fwd.header(CONTENT_LENGTH, req.body.len());
     }
-    head.push_str("Connection: close\r\n\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&req.body);
-    stream.write_all(&out)?;
-    stream.flush()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_upstream_response(&raw, req.method == "HEAD")
+    let fwd = fwd
+        .body(Full::new(Bytes::copy_from_slice(&req.body)))
+        .map_err(io::Error::other)?;
+    let resp = send(upstream, fwd, UPSTREAM_IO_TIMEOUT)?;
+    Ok(Response {
+        status: resp.status,
+        headers: resp
+            .headers
+            .into_iter()
+            .filter(|(k, _)| !is_hop_by_hop(k))
+            .collect(),
+        body: resp.body,
+    })
 }
 
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
-
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-fn parse_upstream_response(raw: &[u8], head_only: bool) -> io::Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers in moto's response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let rest = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let all_headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        all_headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-        Vec::new()
-    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        super::http::decode_chunked(rest)?
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| bad(format!("bad content-length {len:?}")))?;
-        if rest.len() < len {
-            return Err(bad(format!(
-                "body truncated: {} of {len} bytes",
-                rest.len()
-            )));
-        }
-        rest[..len].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    let headers = all_headers
-        .into_iter()
-        .filter(|(k, _)| !is_hop_by_hop(k))
-        .collect();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
 }

@@ -14,7 +14,8 @@
 //!   [`shared_registry`]).
 //! * [`dockerd`]: a private Docker engine for fault tests ([`PrivateDockerd`]).
 //! * [`agent`]: the `berth` binary under test ([`Agent`], [`berth`]).
-//! * [`http`]: a raw HTTP client ([`http_get`], [`http_get_json`]).
+//! * [`http`]: a small synchronous HTTP client on hyper ([`http_get`],
+//!   [`http_get_json`], [`http_request`]).
 //!
 //! Set `BERTH_TEST_KEEP=1` to keep the temp dirs (logs, registry storage,
 //! engine data) of registries, private engines and agents after the tests;
