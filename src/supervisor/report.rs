@@ -29,7 +29,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 c.phase_logged = p;
             }
         }
-        let (state, reason) = self.state.agent_state(now.at);
+        let (state, reason) = self.state.agent_state(now);
         if self.last_state != Some(state) {
             tracing::info!(state = state.as_str(), reason = ?reason, "agent state changed");
             let line = match &reason {

@@ -386,12 +386,8 @@ impl State {
     }
 
     /// The agent's state and, unless ready, why.
-    pub fn agent_state(&self, now: Instant) -> (AgentState, Option<String>) {
-        // Ready means stable: a component between two crashes of a loop is
-        // running, but its last failure has not been followed by a stable
-        // run yet, so the instance does not flap to ready (and count as
-        // ready in the rollout gate) between restarts.
-        if self.engine_connected && self.comps.iter().all(|c| is_ready(c) && c.failures == 0) {
+    pub fn agent_state(&self, now: Now) -> (AgentState, Option<String>) {
+        if self.all_ready(now.wall) {
             return (AgentState::Ready, None);
         }
         if self.observed_once && !self.engine_connected {
@@ -421,11 +417,17 @@ impl State {
             .comps
             .iter()
             .find(|c| !is_ready(c))
-            .or_else(|| self.comps.iter().find(|c| c.failures > 0));
+            .or_else(|| self.comps.iter().find(|c| c.failures > 0))
+            .or_else(|| self.comps.iter().find(|c| !settled(c, now.wall)));
         let why = waiting.map(|c| {
-            let p = phase(c, now);
+            let p = phase(c, now.at);
             match (&c.container, &c.last_error) {
                 (Some(v), _) if v.paused => format!("component {} is paused", c.spec.name),
+                _ if is_ready(c) && c.failures == 0 => format!(
+                    "component {} started; ready after running for {}",
+                    c.spec.name,
+                    humantime::format_duration(c.spec.spec.restart.stable_after.0)
+                ),
                 _ if is_ready(c) => format!(
                     "component {} restarted after a failure; ready after a stable run of {}",
                     c.spec.name,
@@ -450,6 +452,22 @@ impl State {
         }
     }
 
+    /// Every component serves, has had no failure since its last stable
+    /// run, and its current run has lasted `restart.stable_after`.
+    ///
+    /// Ready is what the rollout gate counts as available, so it must not
+    /// flicker: a replacement whose new version crashes a second after it
+    /// starts, or between two crashes of a loop, is running for a moment,
+    /// and a member reading the group then would retire the next instance
+    /// onto the same bad version.
+    pub fn all_ready(&self, now: SystemTime) -> bool {
+        self.engine_connected
+            && self
+                .comps
+                .iter()
+                .all(|c| is_ready(c) && c.failures == 0 && settled(c, now))
+    }
+
     /// The components that are failed, with the time they became so.
     pub fn failed(&self) -> Vec<(String, SystemTime)> {
         self.comps
@@ -467,10 +485,15 @@ impl State {
             {
                 wake = wake.min(t);
             }
-            if c.failures > 0
-                && let Some(from) = c.stable_from()
-                && c.container.as_ref().is_some_and(|v| v.running)
-            {
+            let running = c.container.as_ref().is_some_and(|v| v.running);
+            let from = if c.failures > 0 {
+                c.stable_from()
+            } else if !settled(c, now.wall) {
+                c.container.as_ref().and_then(|v| v.started_at)
+            } else {
+                None
+            };
+            if running && let Some(from) = from {
                 let at = from + c.spec.spec.restart.stable_after.0;
                 let left = at.duration_since(now.wall).unwrap_or(Duration::ZERO);
                 wake = wake.min(now.at + left.max(Duration::from_millis(10)));
@@ -483,6 +506,17 @@ impl State {
 /// Ready: no action in flight and the container serves.
 pub fn is_ready(c: &Comp) -> bool {
     c.busy.is_none() && c.container.as_ref().is_some_and(View::serving)
+}
+
+/// The current run has lasted `restart.stable_after` (engine clock). An
+/// adopted container that started long ago is settled at once, so an agent
+/// restart does not take a serving instance out of the rollout's count.
+fn settled(c: &Comp, now: SystemTime) -> bool {
+    c.container
+        .as_ref()
+        .and_then(|v| v.started_at)
+        .and_then(|st| now.duration_since(st).ok())
+        .is_some_and(|ran| ran >= c.spec.spec.restart.stable_after.0)
 }
 
 /// The pure decision for one component: what to do now, if anything.
@@ -978,7 +1012,7 @@ fn tick(s: &mut State, now: Now, fx: &mut Vec<Effect>) {
             fx.push(Effect::Act { idx, action });
         }
     }
-    if s.engine_connected && s.comps.iter().all(|c| is_ready(c) && c.failures == 0) {
+    if s.all_ready(now.wall) {
         s.ever_ready = true;
     }
 }
@@ -1198,7 +1232,7 @@ mod tests {
             assert!((want * 0.9..=want * 1.1).contains(got), "{delays:?}");
         }
         assert!(s.comps[WEB].failed_since.is_some(), "budget of 5 exhausted");
-        assert_eq!(s.agent_state(now.at).0, AgentState::Degraded);
+        assert_eq!(s.agent_state(now).0, AgentState::Degraded);
     }
 
     /// A run that lasted `stable_after` resets the count; a shorter one does not.
@@ -1244,7 +1278,7 @@ mod tests {
     fn an_engine_outage_is_never_a_component_failure() {
         let t0 = Now::read();
         let mut s = adopted(t0, t0.wall - Duration::from_secs(60));
-        assert_eq!(s.agent_state(t0.at).0, AgentState::Ready);
+        assert_eq!(s.agent_state(t0).0, AgentState::Ready);
         // The engine stops: it kills the container, then the stream breaks.
         let fx = {
             let i = die(&s, t0.wall);
@@ -1273,7 +1307,7 @@ mod tests {
             t1,
         );
         assert_eq!(s.comps[WEB].failures, 0, "forgiven");
-        let (st, why) = s.agent_state(t1.at);
+        let (st, why) = s.agent_state(t1);
         assert_eq!(st, AgentState::Degraded);
         assert!(why.unwrap().contains("engine is unreachable"));
         // While down, nothing is attempted.
@@ -1378,7 +1412,7 @@ mod tests {
             "berth does not fight a deliberate pause"
         );
         assert_eq!(phase(&s.comps[WEB], t0.at), Phase::Paused);
-        let (st, why) = s.agent_state(t0.at);
+        let (st, why) = s.agent_state(t0);
         assert_eq!(st, AgentState::Degraded);
         assert!(why.unwrap().contains("paused"));
     }
@@ -1416,7 +1450,7 @@ mod tests {
                 now,
             );
         }
-        let (st, why) = s.agent_state(now.at);
+        let (st, why) = s.agent_state(now);
         assert_eq!(st, AgentState::Degraded, "not 'starting' for minutes");
         let why = why.unwrap();
         assert!(
@@ -1482,7 +1516,7 @@ mod tests {
     fn ready_waits_for_a_stable_run_after_a_failure() {
         let t0 = Now::read();
         let mut s = adopted(t0, t0.wall - Duration::from_secs(60));
-        assert_eq!(s.agent_state(t0.at).0, AgentState::Ready);
+        assert_eq!(s.agent_state(t0).0, AgentState::Ready);
         {
             let i = die(&s, t0.wall);
             apply(&mut s, i, t0);
@@ -1493,12 +1527,55 @@ mod tests {
             apply(&mut s, i, t1);
         }
         assert!(is_ready(&s.comps[WEB]));
-        let (st, why) = s.agent_state(t1.at);
+        let (st, why) = s.agent_state(t1);
         assert_eq!(st, AgentState::Degraded);
         assert!(why.unwrap().contains("stable run"));
         let t2 = t1.plus(RestartPolicy::default().stable_after.0);
         apply(&mut s, Input::Tick, t2);
-        assert_eq!(s.agent_state(t2.at).0, AgentState::Ready);
+        assert_eq!(s.agent_state(t2).0, AgentState::Ready);
+    }
+
+    /// A replacement's first run counts as ready only once it has lasted
+    /// `stable_after` (10 s by default). A new version that dies a second
+    /// after its first start never shows "ready", not even for a moment, so
+    /// no member reading the group then counts it as available and retires
+    /// the next instance onto the same bad version.
+    #[test]
+    fn a_first_run_is_ready_only_after_stable_after() {
+        let t0 = Now::read();
+        // Adopted long-running containers are ready at once.
+        let s = adopted(t0, t0.wall - Duration::from_secs(60));
+        assert_eq!(s.agent_state(t0).0, AgentState::Ready);
+        // A container that has just started is not.
+        let mut s = adopted(t0, t0.wall);
+        assert!(is_ready(&s.comps[WEB]));
+        let (st, why) = s.agent_state(t0);
+        assert_eq!(st, AgentState::Starting);
+        assert!(why.unwrap().contains("ready after running for 10s"));
+        let stable = RestartPolicy::default().stable_after.0;
+        assert!(
+            s.next_wake(t0) <= t0.at + stable,
+            "woken when the run has lasted stable_after"
+        );
+        // It dies after one second: it was never ready.
+        let t1 = t0.plus(Duration::from_secs(1));
+        assert_eq!(s.agent_state(t1).0, AgentState::Starting);
+        {
+            let i = die(&s, t1.wall);
+            apply(&mut s, i, t1);
+        }
+        assert!(!s.ever_ready);
+        assert_ne!(s.agent_state(t1).0, AgentState::Ready);
+        // A run that lasts 10 s is ready.
+        let t2 = t1.plus(Duration::from_millis(100));
+        {
+            let i = started_ok(&s, t2.wall);
+            apply(&mut s, i, t2);
+        }
+        let t3 = t2.plus(stable);
+        apply(&mut s, Input::Tick, t3);
+        assert_eq!(s.agent_state(t3).0, AgentState::Ready);
+        assert!(s.ever_ready);
     }
 
     #[test]
