@@ -1395,7 +1395,7 @@ mod tests {
     #[test]
     fn a_paused_container_is_not_ready_and_says_so() {
         let t0 = Now::read();
-        let mut s = adopted(t0, t0.wall);
+        let mut s = adopted(t0, t0.wall - Duration::from_secs(60));
         let id = s.comps[WEB].container.as_ref().unwrap().id.clone();
         let fx = apply(
             &mut s,
