@@ -294,6 +294,21 @@ pub fn line<'a>(
     l
 }
 
+/// Whom to nudge (provisional; the schedule work replaces it).
+pub fn nudge_targets(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    me: &str,
+    k: u32,
+) -> Vec<String> {
+    line(snapshot, preferred)
+        .into_iter()
+        .filter(|m| m.id != me)
+        .take(k.max(1) as usize)
+        .map(|m| m.id.clone())
+        .collect()
+}
+
 /// `U = max(desired, members) − ready`: every member that is not ready
 /// counts, and so does capacity the group still has to launch. (Not
 /// `desired − ready`: during a scale-in, when members outnumber the desired

@@ -20,6 +20,12 @@ pub const TAG_VERSIONS: &str = "berth:versions";
 pub const TAG_PINNED_CLUSTER: &str = "berth:pinned-cluster";
 /// Instance tag: the agent's state, one of [`InstanceState`].
 pub const TAG_STATE: &str = "berth:state";
+/// Instance tag: when this instance last became ready (RFC 3339, UTC), set
+/// with `berth:state=ready` in the same call.
+pub const TAG_READY_SINCE: &str = "berth:ready-since";
+/// Instance tag: the doorbell. Anyone may set it; a change makes the agent
+/// look at the group now (read through IMDS, no API call).
+pub const TAG_NUDGE: &str = "berth:nudge";
 
 /// The instance tag the group sets on its members (visible in IMDS when
 /// instance-metadata tags are enabled).

@@ -200,7 +200,8 @@ class Checks:
                         self.agent_tag_keys |= set(value)
         self.iam_names = {":".join(m) for m in IAM_NAME.findall(f.get(POLICY, ""))}
         for k in sorted(self.agent_tag_keys):
-            self.check(k in self.tags, POLICY, f"the agent may tag {k!r}, which is not in src/tags.rs")
+            known = k in self.tags or (k.endswith("*") and k[:-1] in self.tag_prefixes)
+            self.check(known, POLICY, f"the agent may tag {k!r}, which is not in src/tags.rs")
 
     # ---- names anywhere ---------------------------------------------------------
 

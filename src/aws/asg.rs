@@ -10,6 +10,7 @@ use std::future::Future;
 
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling::Client as AsgClient;
+use aws_sdk_cloudwatch::Client as CwClient;
 use aws_sdk_ec2::Client as Ec2Client;
 
 use super::{AwsError, AwsOp};
@@ -63,7 +64,11 @@ pub struct InstanceInfo {
 pub struct Group {
     asg: AsgClient,
     ec2: Ec2Client,
+    cw: CwClient,
 }
+
+/// EC2 `CreateTags` takes at most this many resources per call.
+pub const CREATE_TAGS_MAX_RESOURCES: usize = 1000;
 
 impl Group {
     /// Clients from the shared configuration.
@@ -71,6 +76,7 @@ impl Group {
         Group {
             asg: AsgClient::new(config),
             ec2: Ec2Client::new(config),
+            cw: CwClient::new(config),
         }
     }
 
@@ -298,6 +304,101 @@ impl Group {
             .map_err(|e| AwsError::sdk(AwsOp::CreateTags, instance_id, e))?;
         Ok(())
     }
+
+    /// Sets the same tags on many instances: one `CreateTags` per 1,000.
+    pub async fn tag_instances(
+        &self,
+        instance_ids: &[String],
+        tags: &[(&str, &str)],
+    ) -> Result<(), AwsError> {
+        for chunk in instance_ids.chunks(CREATE_TAGS_MAX_RESOURCES) {
+            let mut req = self.ec2.create_tags().set_resources(Some(chunk.to_vec()));
+            for (k, v) in tags {
+                req = req.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+            }
+            let target = format!("{} instances", chunk.len());
+            req.send()
+                .await
+                .map_err(|e| AwsError::sdk(AwsOp::CreateTags, target, e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets tags on the group (`CreateOrUpdateTags`), not propagated to
+    /// new instances.
+    pub async fn tag_group(&self, group: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
+        let mut req = self.asg.create_or_update_tags();
+        for (k, v) in tags {
+            req = req.tags(
+                aws_sdk_autoscaling::types::Tag::builder()
+                    .resource_id(group)
+                    .resource_type("auto-scaling-group")
+                    .key(k)
+                    .value(v)
+                    .propagate_at_launch(false)
+                    .build(),
+            );
+        }
+        req.send()
+            .await
+            .map_err(|e| AwsError::sdk(AwsOp::CreateOrUpdateTags, group, e))?;
+        Ok(())
+    }
+
+    /// The alarms in state `ALARM` among those named in `names` or starting
+    /// with one of `prefixes` (`DescribeAlarms`, one call per 100 names and
+    /// one per prefix, every page).
+    pub async fn firing_alarms(
+        &self,
+        names: &[String],
+        prefixes: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        use aws_sdk_cloudwatch::types::StateValue;
+        let mut requests: Vec<_> = names
+            .chunks(100)
+            .map(|c| {
+                self.cw
+                    .describe_alarms()
+                    .set_alarm_names(Some(c.to_vec()))
+                    .state_value(StateValue::Alarm)
+            })
+            .collect();
+        requests.extend(prefixes.iter().map(|p| {
+            self.cw
+                .describe_alarms()
+                .alarm_name_prefix(p)
+                .state_value(StateValue::Alarm)
+        }));
+        let mut firing = Vec::new();
+        for req in requests {
+            let mut token: Option<String> = None;
+            loop {
+                let out = req
+                    .clone()
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::sdk(AwsOp::DescribeAlarms, "alarms", e))?;
+                firing.extend(
+                    out.metric_alarms()
+                        .iter()
+                        .filter_map(|a| a.alarm_name().map(str::to_string)),
+                );
+                firing.extend(
+                    out.composite_alarms()
+                        .iter()
+                        .filter_map(|a| a.alarm_name().map(str::to_string)),
+                );
+                match out.next_token() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        firing.sort();
+        firing.dedup();
+        Ok(firing)
+    }
 }
 
 /// The group as the daemon uses it: the seam its EC2 tasks and rollout
@@ -340,6 +441,24 @@ pub trait GroupApi: Clone + Send + Sync + 'static {
         instance_id: &str,
         tags: &[(&str, &str)],
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Sets the same tags on many instances (the nudge doorbell).
+    fn tag_instances(
+        &self,
+        instance_ids: &[String],
+        tags: &[(&str, &str)],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Sets tags on the group (an automatic rollback).
+    fn tag_group(
+        &self,
+        group: &str,
+        tags: &[(String, String)],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// The named (or prefixed) CloudWatch alarms now in `ALARM`.
+    fn firing_alarms(
+        &self,
+        names: &[String],
+        prefixes: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
 }
 
 impl GroupApi for Group {
@@ -372,5 +491,18 @@ impl GroupApi for Group {
     }
     async fn tag_instance(&self, instance_id: &str, tags: &[(&str, &str)]) -> Result<(), AwsError> {
         Group::tag_instance(self, instance_id, tags).await
+    }
+    async fn tag_instances(&self, ids: &[String], tags: &[(&str, &str)]) -> Result<(), AwsError> {
+        Group::tag_instances(self, ids, tags).await
+    }
+    async fn tag_group(&self, group: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
+        Group::tag_group(self, group, tags).await
+    }
+    async fn firing_alarms(
+        &self,
+        names: &[String],
+        prefixes: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        Group::firing_alarms(self, names, prefixes).await
     }
 }

@@ -19,6 +19,8 @@ pub struct Fake {
     pub snapshot: Option<GroupSnapshot>,
     /// What `DescribeInstances` answers.
     pub instances: Vec<InstanceInfo>,
+    /// The alarms `DescribeAlarms` says are in `ALARM`.
+    pub firing: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -104,5 +106,31 @@ impl GroupApi for FakeGroup {
     async fn tag_instance(&self, id: &str, tags: &[(&str, &str)]) -> Result<(), AwsError> {
         let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         self.call("CreateTags", format!("{id} {}", kv.join(",")))
+    }
+    async fn tag_instances(&self, ids: &[String], tags: &[(&str, &str)]) -> Result<(), AwsError> {
+        let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.call("CreateTags", format!("{} {}", ids.join(","), kv.join(",")))
+    }
+    async fn tag_group(&self, group: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
+        let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.call("CreateOrUpdateTags", format!("{group} {}", kv.join(",")))?;
+        if let Some(s) = self.state().snapshot.as_mut() {
+            s.tags.extend(tags.iter().cloned());
+        }
+        Ok(())
+    }
+    async fn firing_alarms(
+        &self,
+        names: &[String],
+        prefixes: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        self.call("DescribeAlarms", format!("{names:?} {prefixes:?}"))?;
+        Ok(self
+            .state()
+            .firing
+            .iter()
+            .filter(|a| names.contains(a) || prefixes.iter().any(|p| a.starts_with(p.as_str())))
+            .cloned()
+            .collect())
     }
 }

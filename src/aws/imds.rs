@@ -76,6 +76,19 @@ impl Imds {
         })
     }
 
+    /// Whether instance-metadata tags are enabled: IMDS lists the
+    /// instance's tag keys (404 when `InstanceMetadataTags` is disabled).
+    pub async fn tags_enabled(&self) -> Result<bool, AwsError> {
+        Ok(self.get_opt("/latest/meta-data/tags/instance").await?.is_some())
+    }
+
+    /// One of this instance's tags, read locally (no API call); `None` when
+    /// the tag is not set or instance-metadata tags are disabled.
+    pub async fn instance_tag(&self, key: &str) -> Result<Option<String>, AwsError> {
+        self.get_opt(&format!("/latest/meta-data/tags/instance/{key}"))
+            .await
+    }
+
     /// The group's target for this instance: `InService`, `Terminated`,
     /// `Detached`, `Warmed:*`; `None` when not in a group.
     pub async fn target_lifecycle_state(&self) -> Result<Option<String>, AwsError> {

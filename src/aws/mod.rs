@@ -4,11 +4,13 @@
 //! - [`asg`]: the autoscaling group (desired state, members, health,
 //!   lifecycle hooks) and the instance's own tags (EC2).
 //! - [`ecr`]: registry tokens for ECR.
+//! - CloudWatch alarms (the rollout's alarm gate) are read through [`asg::Group`]
+//!   too: the gate's inputs come through one seam.
 //!
 //! One factory ([`sdk_config`]) builds the SDK configuration for all of
 //! them: region, timeouts, retries. Endpoints follow the SDK's standard
 //! overrides: `AWS_ENDPOINT_URL`, per service `AWS_ENDPOINT_URL_AUTO_SCALING`,
-//! `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_ECR`; IMDS follows
+//! `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL_CLOUDWATCH`; IMDS follows
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (it does not follow `AWS_ENDPOINT_URL`).
 
 pub mod asg;
@@ -65,6 +67,8 @@ pub enum AwsOp {
     DescribeInstances,
     TerminateInstanceInAutoScalingGroup,
     CreateTags,
+    CreateOrUpdateTags,
+    DescribeAlarms,
 }
 
 impl std::fmt::Display for AwsOp {

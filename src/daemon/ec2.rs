@@ -58,14 +58,18 @@ pub fn spawn(
 ) {
     let ids = e.ids();
     let agent = &opts.manifest.agent;
+    let (tagged_tx, tagged) = watch::channel(None);
     tracker.spawn(tag_instance(
         e.group.clone(),
         ids.clone(),
         booted.plan.versions_tag(),
         booted.plan.cluster.clone(),
         report.clone(),
+        tagged_tx,
         round.clone(),
     ));
+    let (doorbell_tx, doorbell) = watch::channel(Doorbell::default());
+    tracker.spawn(watch_nudges(e.imds.clone(), doorbell_tx, round.clone()));
     if first_round && let Some(r) = &booted.resuming {
         // A retirement was under way when the agent stopped: finish it.
         tracing::warn!(
@@ -89,6 +93,8 @@ pub fn spawn(
             store: booted.store.clone(),
             handle: handle.clone(),
             report: report.clone(),
+            tagged,
+            doorbell,
             aborted,
             cancel: round.clone(),
         }
@@ -130,14 +136,20 @@ pub fn instance_state(r: &Report) -> InstanceState {
     }
 }
 
-/// Keeps the instance's `berth:state` tag current, and sets
-/// `berth:versions` and `berth:pinned-cluster` once.
+/// Keeps the instance's `berth:state` tag current (with `berth:ready-since`
+/// when it becomes ready), and sets `berth:versions` and
+/// `berth:pinned-cluster` once: one `CreateTags` per change, with every tag
+/// that changed, never one that did not. Publishes each state once it is
+/// tagged on `tagged`, so the rollout driver rings the next members only
+/// when they can see it.
+#[allow(clippy::too_many_arguments)]
 pub async fn tag_instance<G: GroupApi>(
     group: G,
     ids: Ids,
     versions: String,
     cluster: String,
     mut report: watch::Receiver<Report>,
+    tagged_tx: watch::Sender<Option<InstanceState>>,
     cancel: CancellationToken,
 ) {
     let mut tagged: Option<InstanceState> = None;
@@ -145,7 +157,11 @@ pub async fn tag_instance<G: GroupApi>(
     loop {
         let want = instance_state(&report.borrow_and_update());
         if tagged != Some(want) || !pin_done {
+            let since = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
             let mut kv = vec![(tags::TAG_STATE, want.as_str())];
+            if want == InstanceState::Ready {
+                kv.push((tags::TAG_READY_SINCE, since.as_str()));
+            }
             if !pin_done {
                 kv.push((tags::TAG_VERSIONS, versions.as_str()));
                 kv.push((tags::TAG_PINNED_CLUSTER, cluster.as_str()));
@@ -159,6 +175,7 @@ pub async fn tag_instance<G: GroupApi>(
                     tracing::info!(state = want.as_str(), "instance tagged");
                     tagged = Some(want);
                     pin_done = true;
+                    tagged_tx.send_replace(tagged);
                 }
                 Err(GaveUp::Cancelled) => return,
                 Err(e) => {
@@ -317,6 +334,72 @@ pub async fn escalate_health<G: GroupApi>(
             _ = cancel.cancelled() => return,
             r = report.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+/// How often the agent reads its `berth:nudge` tag through IMDS.
+pub const NUDGE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The doorbell as the rollout driver sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Doorbell {
+    /// Instance-metadata tags are readable: the driver may rest on the
+    /// slow backstop schedule. `None` until IMDS has answered once.
+    pub enabled: Option<bool>,
+    /// How many times the `berth:nudge` value has changed since boot.
+    pub rings: u64,
+}
+
+/// Watches this instance's `berth:nudge` tag through IMDS (local, no API
+/// call) and counts its changes. When instance-metadata tags are disabled
+/// it says so once and stops: the driver then polls the group. IMDS errors
+/// change nothing (the driver's backstop still runs).
+pub async fn watch_nudges(
+    imds: crate::aws::imds::Imds,
+    tx: watch::Sender<Doorbell>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<Option<String>> = None;
+    let mut warned = false;
+    loop {
+        if tx.borrow().enabled.is_none() {
+            match imds.tags_enabled().await {
+                Ok(true) => {
+                    tracing::info!("instance-metadata tags enabled: resting on berth:nudge, reading the group only as a backstop");
+                    tx.send_modify(|d| d.enabled = Some(true));
+                }
+                Ok(false) => {
+                    tracing::warn!("instance-metadata tags are disabled (launch template InstanceMetadataTags): no nudges; polling the group instead, which costs more API calls");
+                    tx.send_modify(|d| d.enabled = Some(false));
+                    return;
+                }
+                Err(err) if !warned => {
+                    tracing::warn!(error = %err, "cannot read the instance's tags from IMDS; polling the group until it can");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if tx.borrow().enabled == Some(true) {
+            match imds.instance_tag(tags::TAG_NUDGE).await {
+                Ok(v) => {
+                    warned = false;
+                    if last.as_ref().is_some_and(|l| *l != v) {
+                        tracing::info!(nudge = ?v, "nudged: looking at the group now");
+                        tx.send_modify(|d| d.rings += 1);
+                    }
+                    last = Some(v);
+                }
+                Err(err) if !warned => {
+                    tracing::warn!(error = %err, "cannot read berth:nudge from IMDS; the group's backstop poll still runs");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if !sleep_or_cancel(&cancel, NUDGE_WATCH_INTERVAL).await {
+            return;
         }
     }
 }
@@ -700,17 +783,21 @@ mod tests {
         let g = FakeGroup::default();
         let (tx, rx) = watch::channel(Report::default());
         let cancel = CancellationToken::new();
+        let (tagged_tx, mut tagged) = watch::channel(None);
         let task = tokio::spawn(tag_instance(
             g.clone(),
             ids(),
             "web=1".into(),
             "web".into(),
             rx,
+            tagged_tx,
             cancel.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(*tagged.borrow_and_update(), Some(InstanceState::Starting));
         tx.send_modify(|r| r.state = AgentState::Ready);
         tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(*tagged.borrow_and_update(), Some(InstanceState::Ready));
         tx.send_modify(|r| {
             r.state = AgentState::Draining;
             r.draining = Some(DrainReason::Retire);
@@ -718,15 +805,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         cancel.cancel();
         task.await.unwrap();
+        assert_eq!(*tagged.borrow(), Some(InstanceState::Retiring));
         let calls = g.calls("CreateTags");
+        assert_eq!(calls.len(), 3, "{calls:?}");
         assert_eq!(
-            calls,
-            vec![
-                "CreateTags i-1 berth:state=starting,berth:versions=web=1,berth:pinned-cluster=web",
-                "CreateTags i-1 berth:state=ready",
-                "CreateTags i-1 berth:state=retiring",
-            ]
+            calls[0],
+            "CreateTags i-1 berth:state=starting,berth:versions=web=1,berth:pinned-cluster=web"
         );
+        // Ready comes with the time it became so, in the same call.
+        let ready = calls[1]
+            .strip_prefix("CreateTags i-1 berth:state=ready,berth:ready-since=")
+            .unwrap_or_else(|| panic!("{}", calls[1]));
+        let since = humantime::parse_rfc3339(ready).unwrap();
+        let age = SystemTime::now().duration_since(since).unwrap_or_default();
+        assert!(age < Duration::from_secs(60), "{ready}");
+        assert_eq!(calls[2], "CreateTags i-1 berth:state=retiring");
     }
 
     /// Defect 1, the escalation side, on the default `unhealthy_after`.

@@ -19,8 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::boot::Ids;
-use super::ec2::Aborted;
-use super::sleep_or_cancel;
+use super::ec2::{Aborted, Doorbell};
 use crate::aws::asg::GroupApi;
 use crate::backoff::{AWS_CALL, Retryable, random_unit};
 use crate::desired::{self, Desired, DriftEntry};
@@ -31,7 +30,7 @@ use crate::runtime::ContainerRuntime;
 use crate::status::AgentState;
 use crate::store::{Retiring, Store};
 use crate::supervisor::{DrainReason, Handle, Report};
-use crate::tags;
+use crate::tags::{self, InstanceState};
 
 /// Assumed boot time (launch → ready) until this instance has seen its own.
 pub const ASSUMED_BOOT: Duration = Duration::from_secs(120);
@@ -51,6 +50,10 @@ pub struct Driver<G: GroupApi, R: ContainerRuntime> {
     pub store: Store,
     pub handle: Handle,
     pub report: watch::Receiver<Report>,
+    /// This instance's `berth:state` as last tagged (what others see).
+    pub tagged: watch::Receiver<Option<InstanceState>>,
+    /// The `berth:nudge` doorbell, read through IMDS.
+    pub doorbell: watch::Receiver<Doorbell>,
     /// The retirement the previous round aborted, if it did.
     pub aborted: Option<Aborted>,
     pub cancel: CancellationToken,
@@ -101,7 +104,16 @@ struct Memory {
     last_drift: Vec<DriftEntry>,
     head: Option<(String, Instant)>,
     failures: u32,
+    /// This instance just became ready (as tagged): ring the next members
+    /// in line after the next look.
+    ring_when_ready: bool,
+    /// Whom to ring after this look.
+    ring: Vec<String>,
 }
+
+/// How long a retiring agent waits for its `retiring` tag before it rings
+/// the next members anyway.
+const RETIRING_TAG_WAIT: Duration = Duration::from_secs(30);
 
 /// The time before the gate may retire this instance again after `a`.
 pub fn abort_backoff(a: &Aborted) -> Duration {
@@ -123,7 +135,12 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             last_drift: Vec::new(),
             head: None,
             failures: 0,
+            ring_when_ready: false,
+            ring: Vec::new(),
         };
+        let mut tagged = self.tagged.clone();
+        let mut doorbell = self.doorbell.clone();
+        let (mut tagged_open, mut doorbell_open) = (true, true);
         let hold_until = self
             .aborted
             .as_ref()
@@ -133,12 +150,69 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                 Err(err) => self.unreadable(&mut m, err),
                 Ok(look) => match self.decide(&mut m, look, hold_until.as_ref()) {
                     Some(next) => next,
-                    None => return, // retiring
+                    None => {
+                        // Retiring: ring the next members once they can see it.
+                        let mut t = tagged.clone();
+                        let seen = tokio::time::timeout(
+                            RETIRING_TAG_WAIT,
+                            t.wait_for(|s| *s == Some(InstanceState::Retiring)),
+                        );
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            _ = seen => {}
+                        }
+                        self.ring(std::mem::take(&mut m.ring)).await;
+                        return;
+                    }
                 },
             };
-            if !sleep_or_cancel(&self.cancel, wait).await {
-                return;
+            self.ring(std::mem::take(&mut m.ring)).await;
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = &mut sleep => break,
+                    r = doorbell.changed(), if doorbell_open => match r {
+                        // The watcher stopped (tags disabled): sleep on.
+                        Err(_) => doorbell_open = false,
+                        Ok(()) if doorbell.borrow_and_update().rings > 0 => break,
+                        Ok(()) => {}
+                    },
+                    r = tagged.changed(), if tagged_open => match r {
+                        Err(_) => tagged_open = false,
+                        Ok(()) if *tagged.borrow_and_update() == Some(InstanceState::Ready) => {
+                            m.ring_when_ready = true;
+                            break;
+                        }
+                        Ok(()) => {}
+                    },
+                }
             }
+        }
+    }
+
+    /// Rings the doorbell of `ids`: one `CreateTags` per 1,000 members. A
+    /// nudge is a hint, so a failure is logged and otherwise ignored.
+    async fn ring(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let value = format!(
+            "{}@{}",
+            self.ids.instance_id,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        );
+        match self
+            .group
+            .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
+            .await
+        {
+            Ok(()) => tracing::info!(members = ids.len(), first = %ids[0], "nudged the next members in line"),
+            Err(e) => tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule"),
         }
     }
 
@@ -159,7 +233,7 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         // At rest only this instance's own rank matters, and members not seen
         // before are the youngest: one DescribeInstances at boot is enough.
         let unknown = !m.launch_times.contains_key(&self.ids.instance_id);
-        let infos = if !drift.is_empty() || unknown {
+        let infos = if !drift.is_empty() || unknown || m.ring_when_ready {
             self.group.instances(&self.ids.group).await?
         } else {
             Vec::new()
@@ -300,6 +374,9 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             boot: m.my_boot.unwrap_or(ASSUMED_BOOT),
             drain: drain_estimate(&self.plan),
         });
+        if std::mem::take(&mut m.ring_when_ready) {
+            m.ring = self.ring_targets(&look);
+        }
         let mut next = next.mul_f64(0.9 + 0.2 * random_unit());
         let held = hold.filter(|(until, _)| Instant::now() < *until);
         if let (Decision::Retire, Some((until, a))) = (&decision, held) {
@@ -363,8 +440,24 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             tracing::error!(error = %e, "cannot record the retirement in the data dir; not retiring now");
             return Some(next);
         }
+        m.ring = self.ring_targets(&look);
         self.handle.drain(DrainReason::Retire);
         None
+    }
+
+    /// The next members in line, to ring when this one becomes ready or
+    /// starts retiring.
+    fn ring_targets(&self, look: &Look) -> Vec<String> {
+        let k = look
+            .policy
+            .max_unavailable
+            .resolve(look.snapshot.desired_capacity);
+        rollout::nudge_targets(
+            &look.snapshot,
+            &look.desired.versions,
+            &self.ids.instance_id,
+            k,
+        )
     }
 }
 
@@ -436,6 +529,8 @@ mod tests {
         _dir: tempfile::TempDir,
         task: tokio::task::JoinHandle<()>,
         cancel: CancellationToken,
+        tagged: watch::Sender<Option<InstanceState>>,
+        doorbell: watch::Sender<Doorbell>,
     }
 
     fn start(g: &FakeGroup, engine: Fake, aborted: Option<Aborted>) -> Run {
@@ -447,6 +542,8 @@ mod tests {
             ..Default::default()
         });
         let cancel = CancellationToken::new();
+        let (tagged_tx, tagged) = watch::channel(Some(InstanceState::Ready));
+        let (doorbell_tx, doorbell) = watch::channel(Doorbell::default());
         let driver = Driver {
             group: g.clone(),
             engine,
@@ -459,6 +556,8 @@ mod tests {
             store: store.clone(),
             handle,
             report,
+            tagged,
+            doorbell,
             aborted,
             cancel: cancel.clone(),
         };
@@ -469,6 +568,8 @@ mod tests {
             _dir: dir,
             task,
             cancel,
+            tagged: tagged_tx,
+            doorbell: doorbell_tx,
         }
     }
 
@@ -574,4 +675,72 @@ mod tests {
         r.cancel.cancel();
         r.task.await.unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nudge_makes_an_agent_at_rest_look_now() {
+        let g = world(&[("berth:cluster", "web"), ("berth:version", "1")]);
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = g.calls("DescribeAutoScalingGroups").len();
+        assert_eq!(before, 1, "the first look");
+        r.doorbell.send_modify(|d| {
+            d.enabled = Some(true);
+            d.rings += 1;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(g.calls("DescribeAutoScalingGroups").len(), before + 1);
+        assert!(g.calls("CreateTags").is_empty(), "nobody to ring at rest");
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retiring_member_rings_the_next_in_line_once_tagged_retiring() {
+        let g = world(&[
+            ("berth:cluster", "web"),
+            ("berth:version", "2"),
+            ("berth:drift-grace", "0s"),
+        ]);
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
+        assert!(
+            g.calls("CreateTags").is_empty(),
+            "nobody is rung before they can see this instance retiring"
+        );
+        r.tagged.send_replace(Some(InstanceState::Retiring));
+        r.task.await.unwrap();
+        let calls = g.calls("CreateTags");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(
+            calls[0].starts_with("CreateTags i-2 berth:nudge=i-1@"),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn becoming_ready_rings_the_next_in_line() {
+        // This instance (i-1) runs the preferred version; i-2 is still on
+        // the old one, so it is next in line.
+        let g = world(&[("berth:cluster", "web"), ("berth:version", "1")]);
+        g.state().instances[1]
+            .tags
+            .insert(tags::TAG_VERSIONS.into(), "web=0".into());
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(g.calls("CreateTags").is_empty());
+        r.tagged.send_replace(Some(InstanceState::Starting));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.tagged.send_replace(Some(InstanceState::Ready));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let calls = g.calls("CreateTags");
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(
+            calls[0].starts_with("CreateTags i-2 berth:nudge=i-1@"),
+            "{calls:?}"
+        );
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
 }
