@@ -23,6 +23,10 @@
 //! different ages agree on who may go; an older snapshot is only more
 //! conservative. The canary rule is a position rule of the same kind.
 //!
+//! When the rollout halts and `berth:auto-rollback` is set, [`rollback`]
+//! names one writer, the oldest ready member on the old versions, and the
+//! tags it sets: its own pin.
+//!
 //! # The schedule
 //!
 //! [`next_poll`] spends a fixed call rate per group where it matters: at rest
@@ -34,7 +38,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::desired::{TagError, check_version};
-use crate::tags::{InstanceState, TERMINATING_STATE_PREFIX};
+use crate::tags::{InstanceState, TAG_VERSION, TAG_VERSION_PREFIX, TERMINATING_STATE_PREFIX};
 
 pub use crate::tags::{
     TAG_AUTO_ROLLBACK, TAG_BAKE_TIME, TAG_CANARY, TAG_DRIFT_GRACE, TAG_HALT_ON_ALARMS,
@@ -987,6 +991,110 @@ pub fn decide(
             head: line[0].id.clone(),
         })
     }
+}
+
+/// This instance's pin, offered as the target of an automatic rollback.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackTarget<'a> {
+    /// The pinned versions, component → version.
+    pub versions: &'a BTreeMap<String, String>,
+    /// Whether the pinned images still exist in their registries, checked
+    /// by the caller (for the writer only: see [`rollback_writer`]). A
+    /// rollback never targets a version whose image does not exist: only
+    /// [`ImageCheck::Present`] lets [`rollback`] answer.
+    pub images: &'a ImageCheck,
+}
+
+/// What an automatic rollback sets on the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// Every group tag to set, in one call: the version tags that make the
+    /// preferred versions the writer's pin, and `berth:rolled-back-from`.
+    pub tags: BTreeMap<String, String>,
+    /// The preferred versions rolled back from, as
+    /// `berth:rolled-back-from` holds them (`web=1.5.0`).
+    pub rolled_back_from: String,
+}
+
+/// Who writes an automatic rollback: the oldest, by (launch time, id), ready
+/// member on other versions than the preferred ones (and in the group's
+/// cluster). Every agent computes the same one from the same snapshot.
+pub fn rollback_writer<'a>(
+    snapshot: &'a Snapshot,
+    preferred: &BTreeMap<String, String>,
+) -> Option<&'a MemberView> {
+    let cluster = snapshot.cluster.as_deref();
+    snapshot
+        .members
+        .iter()
+        .filter(|m| {
+            m.ready() && !m.moved(cluster) && m.versions.as_ref().is_some_and(|v| v != preferred)
+        })
+        .min_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)))
+}
+
+/// The automatic rollback, decided by `me` from one snapshot. `Some` only
+/// when all hold: `berth:auto-rollback` is set and the group is not paused;
+/// the rollout is [`halted`]; `me` is the [`rollback_writer`] and its
+/// `berth:versions` tag is its pin (which therefore differs from the
+/// preferred versions); every pinned version is valid; and the pinned
+/// images exist ([`RollbackTarget::images`] is `Present`).
+///
+/// The tags set the preferred versions to the writer's pin: `berth:version`
+/// alone when every component has the same version and no
+/// `berth:version:<component>` tag on the group says otherwise, else one
+/// `berth:version:<component>` per component; plus
+/// `berth:rolled-back-from`. The writer and the value depend only on the
+/// snapshot, so a second writer (another agent on a later snapshot, while
+/// the old members share one pin) writes the same tags, and writing them
+/// twice changes nothing. Once written, the old versions are preferred: no
+/// member is on the failing versions' side any more, the rollout is no
+/// longer halted, and this answers `None`.
+pub fn rollback(
+    snapshot: &Snapshot,
+    me: &str,
+    target: &RollbackTarget<'_>,
+    preferred: &BTreeMap<String, String>,
+    group_tags: &BTreeMap<String, String>,
+    policy: &Policy,
+    now_s: u64,
+) -> Option<Rollback> {
+    if !policy.auto_rollback || policy.paused {
+        return None;
+    }
+    halted(snapshot, preferred, policy, now_s)?;
+    let writer = rollback_writer(snapshot, preferred)?;
+    let pin = target.versions;
+    if writer.id != me || writer.versions.as_ref() != Some(pin) {
+        return None;
+    }
+    if pin.values().any(|v| check_version(v).is_err()) || *target.images != ImageCheck::Present {
+        return None;
+    }
+    let mut versions = pin.values();
+    let one = versions
+        .next()
+        .filter(|first| versions.all(|v| v == *first));
+    let mut tags: BTreeMap<String, String> = match one {
+        Some(v)
+            if !group_tags.iter().any(|(k, tv)| {
+                k.strip_prefix(TAG_VERSION_PREFIX)
+                    .is_some_and(|c| pin.contains_key(c) && tv != v)
+            }) =>
+        {
+            BTreeMap::from([(TAG_VERSION.to_string(), v.clone())])
+        }
+        _ => pin
+            .iter()
+            .map(|(c, v)| (format!("{TAG_VERSION_PREFIX}{c}"), v.clone()))
+            .collect(),
+    };
+    let rolled_back_from = format_versions(preferred);
+    tags.insert(TAG_ROLLED_BACK_FROM.to_string(), rolled_back_from.clone());
+    Some(Rollback {
+        tags,
+        rolled_back_from,
+    })
 }
 
 /// Where an agent stands, for the schedule.
@@ -2052,6 +2160,149 @@ mod tests {
         s.members[0].berth_state = Some("ready".into());
         assert_eq!(go_at(&s, "i-a", canary.clone(), NOW), Decision::Retire);
         assert_eq!(canary_hold(&s, "i-a", &v(NEW), &canary, NOW), None);
+    }
+
+    fn old_rollout(pin: &str, new_health: bool) -> Snapshot {
+        let mut s = fleet(
+            3,
+            vec![
+                member("i-a", 100, true, pin),
+                member("i-b", 200, true, pin),
+                member("i-new", 900, true, NEW),
+            ],
+        );
+        s.members[2].healthy = new_health;
+        s
+    }
+
+    fn auto() -> Policy {
+        Policy {
+            auto_rollback: true,
+            ..Policy::default()
+        }
+    }
+
+    fn back(
+        s: &Snapshot,
+        me: &str,
+        pin: &str,
+        images: &ImageCheck,
+        group: &BTreeMap<String, String>,
+        policy: &Policy,
+    ) -> Option<Rollback> {
+        let pin = v(pin);
+        let target = RollbackTarget {
+            versions: &pin,
+            images,
+        };
+        let pref = v(NEW);
+        rollback(s, me, &target, &pref, group, policy, NOW)
+    }
+
+    #[test]
+    fn rollback_table() {
+        let present = ImageCheck::Present;
+        let group = tags(&[(TAG_VERSION, "2")]);
+        let halted = old_rollout(OLD, false);
+        // The oldest ready member on the old versions writes its own pin.
+        let want = Rollback {
+            tags: BTreeMap::from([
+                (TAG_VERSION.to_string(), "1".to_string()),
+                (TAG_ROLLED_BACK_FROM.to_string(), "web=2".to_string()),
+            ]),
+            rolled_back_from: "web=2".into(),
+        };
+        assert_eq!(
+            back(&halted, "i-a", OLD, &present, &group, &auto()),
+            Some(want)
+        );
+        assert_eq!(
+            rollback_writer(&halted, &v(NEW)).map(|m| m.id.as_str()),
+            Some("i-a")
+        );
+        // Nobody else; not when the image is gone or unknown; not when off,
+        // paused, or not halted.
+        assert_eq!(back(&halted, "i-b", OLD, &present, &group, &auto()), None);
+        assert_eq!(back(&halted, "i-new", NEW, &present, &group, &auto()), None);
+        for images in [
+            ImageCheck::Missing("reg/web:1".into()),
+            ImageCheck::Unknown("registry down".into()),
+        ] {
+            assert_eq!(back(&halted, "i-a", OLD, &images, &group, &auto()), None);
+        }
+        assert_eq!(
+            back(&halted, "i-a", OLD, &present, &group, &Policy::default()),
+            None
+        );
+        let paused = Policy {
+            paused: true,
+            ..auto()
+        };
+        assert_eq!(back(&halted, "i-a", OLD, &present, &group, &paused), None);
+        let fine = old_rollout(OLD, true);
+        assert_eq!(back(&fine, "i-a", OLD, &present, &group, &auto()), None);
+        // The pin must be what the member's tag says (else the others would
+        // not agree on the value).
+        assert_eq!(
+            back(&halted, "i-a", "web=0", &present, &group, &auto()),
+            None
+        );
+        // i-a not ready: i-b writes the same value.
+        let mut a_down = old_rollout(OLD, false);
+        a_down.members[0].berth_state = Some("degraded".into());
+        assert_eq!(
+            back(&a_down, "i-b", OLD, &present, &group, &auto()),
+            back(&halted, "i-a", OLD, &present, &group, &auto())
+        );
+    }
+
+    #[test]
+    fn rollback_writes_per_component_tags_when_one_version_cannot_say_it() {
+        let present = ImageCheck::Present;
+        let two = "proxy=1,web=1";
+        let mut s = old_rollout(two, false);
+        s.members[2].versions = Some(v(NEW));
+        let pref = v(NEW);
+        let pin = v(two);
+        let target = RollbackTarget {
+            versions: &pin,
+            images: &present,
+        };
+        let run = |group: &BTreeMap<String, String>| {
+            rollback(&s, "i-a", &target, &pref, group, &auto(), NOW).map(|r| r.tags)
+        };
+        // One version for both, no per-component tag against it.
+        let agree = tags(&[(TAG_VERSION, "2"), ("berth:version:proxy", "1")]);
+        assert_eq!(
+            run(&agree).unwrap().get(TAG_VERSION).map(String::as_str),
+            Some("1")
+        );
+        // A per-component tag says otherwise: per-component tags.
+        let disagree = tags(&[(TAG_VERSION, "1"), ("berth:version:web", "2")]);
+        let t = run(&disagree).unwrap();
+        assert_eq!(t.get("berth:version:web").map(String::as_str), Some("1"));
+        assert_eq!(t.get("berth:version:proxy").map(String::as_str), Some("1"));
+        assert!(!t.contains_key(TAG_VERSION));
+        // Different versions per component: per-component tags.
+        let mixed = "proxy=0.9,web=1";
+        let mut m = old_rollout(mixed, false);
+        m.members[2].versions = Some(v(NEW));
+        let pin = v(mixed);
+        let target = RollbackTarget {
+            versions: &pin,
+            images: &present,
+        };
+        let t = rollback(&m, "i-a", &target, &pref, &agree, &auto(), NOW)
+            .unwrap()
+            .tags;
+        assert_eq!(
+            t,
+            BTreeMap::from([
+                ("berth:version:proxy".to_string(), "0.9".to_string()),
+                ("berth:version:web".to_string(), "1".to_string()),
+                (TAG_ROLLED_BACK_FROM.to_string(), "web=2".to_string()),
+            ])
+        );
     }
 
     #[test]

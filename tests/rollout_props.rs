@@ -32,8 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth::rollout::{
-    AlarmCheck, Checks, Decision, ImageCheck, MaxUnavailable, MemberView, Policy, Snapshot, decide,
-    halted, line, unavailable,
+    AlarmCheck, Checks, Decision, ImageCheck, MaxUnavailable, MemberView, Policy, RollbackTarget,
+    Snapshot, decide, halted, line, rollback, rollback_writer, unavailable,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -800,10 +800,10 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Halts
+// Halts and rollbacks
 // ---------------------------------------------------------------------------
 
-/// Now, in the halt properties.
+/// Now, in the halt and rollback properties.
 const NOW: u64 = 2000;
 
 /// A member of a rollout: (launch time, on the new versions (else the old),
@@ -909,5 +909,177 @@ proptest! {
                 prop_assert!(matches!(d, Decision::Wait(_)), "{} told {:?}", m.id, d);
             }
         }
+    }
+}
+
+/// Components of the rollback properties.
+const COMPONENTS: [&str; 2] = ["proxy", "web"];
+
+/// Versions from one value per component.
+fn pin(vs: &[&str; 2]) -> BTreeMap<String, String> {
+    COMPONENTS
+        .iter()
+        .zip(vs)
+        .map(|(c, v)| (c.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The preferred versions the group's tags name, as `desired::resolve` reads them.
+fn preferred_of(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    COMPONENTS
+        .iter()
+        .filter_map(|c| {
+            tags.get(&format!("berth:version:{c}"))
+                .or(tags.get("berth:version"))
+                .map(|v| (c.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+/// Group tags that name `preferred`: `berth:version` (maybe) plus
+/// per-component tags where needed and, per `extra`, where not.
+fn tags_for(
+    preferred: &BTreeMap<String, String>,
+    default: Option<&str>,
+    extra: [bool; 2],
+) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::new();
+    if let Some(d) = default {
+        t.insert("berth:version".to_string(), d.to_string());
+    }
+    for (c, x) in COMPONENTS.iter().zip(extra) {
+        let v = &preferred[*c];
+        if x || default != Some(v.as_str()) {
+            t.insert(format!("berth:version:{c}"), v.clone());
+        }
+    }
+    t
+}
+
+fn version() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["1", "1.1", "2", "2.1"])
+}
+
+/// A change between two snapshots of a halted rollout: (member, what: 0
+/// retires, 1 is removed, 2 degrades, 3 recovers, 4 new member turns
+/// Unhealthy, 5 new member recovers).
+fn any_change() -> impl Strategy<Value = (Index, u8)> {
+    (any::<Index>(), 0u8..6)
+}
+
+proptest! {
+    /// Over a rollout's snapshots of any age, while the old members share
+    /// one pin, every member that would write a rollback (at most one per
+    /// snapshot: the [`rollback_writer`]) writes the same tags; those tags
+    /// make the preferred versions that pin; nobody writes when the pin's
+    /// images are missing or unknown.
+    #[test]
+    fn a_rollback_writes_one_value(
+        old_vs in (version(), version()),
+        new_vs in (version(), version()),
+        default in prop::option::of(version()),
+        extra in any::<[bool; 2]>(),
+        members in prop::collection::vec(any_rollout_member(), 1..=20),
+        changes in prop::collection::vec(any_change(), 0..30),
+    ) {
+        let old = pin(&[old_vs.0, old_vs.1]);
+        let new = pin(&[new_vs.0, new_vs.1]);
+        prop_assume!(old != new);
+        let group = tags_for(&new, default, extra);
+        prop_assert_eq!(preferred_of(&group), new.clone());
+        let p = deadline_policy(15);
+        // Every snapshot of the rollout, as the members' states change.
+        let mut s = rollout_snapshot(&members, &old, &new);
+        let mut history = vec![s.clone()];
+        for (pick, what) in changes {
+            if s.members.is_empty() {
+                break;
+            }
+            let i = pick.index(s.members.len());
+            let m = &mut s.members[i];
+            match what {
+                0 => m.berth_state = Some("retiring".into()),
+                1 => {
+                    s.members.remove(i);
+                }
+                2 => m.berth_state = Some("degraded".into()),
+                3 => {
+                    m.berth_state = Some("ready".into());
+                    m.in_service = true;
+                    m.healthy = true;
+                }
+                4 if m.versions.as_ref() == Some(&new) => m.healthy = false,
+                _ => m.healthy = true,
+            }
+            history.push(s.clone());
+        }
+        let mut written: Option<berth::rollout::Rollback> = None;
+        for snap in &history {
+            let mut writers = 0;
+            for m in &snap.members {
+                let Some(mine) = m.versions.as_ref() else { continue };
+                for images in [
+                    ImageCheck::Missing("reg/web:1".into()),
+                    ImageCheck::Unknown("registry down".into()),
+                ] {
+                    let target = RollbackTarget { versions: mine, images: &images };
+                    prop_assert_eq!(rollback(snap, &m.id, &target, &new, &group, &p, NOW), None);
+                }
+                let target = RollbackTarget { versions: mine, images: &ImageCheck::Present };
+                let Some(r) = rollback(snap, &m.id, &target, &new, &group, &p, NOW) else {
+                    continue;
+                };
+                writers += 1;
+                prop_assert!(halted(snap, &new, &p, NOW).is_some());
+                prop_assert_eq!(
+                    rollback_writer(snap, &new).map(|w| w.id.clone()),
+                    Some(m.id.clone())
+                );
+                // Applied, the tags make the old pin preferred.
+                let mut after = group.clone();
+                after.extend(r.tags.clone());
+                prop_assert_eq!(preferred_of(&after), old.clone());
+                prop_assert_eq!(after.get("berth:rolled-back-from"), Some(&r.rolled_back_from));
+                match &written {
+                    None => written = Some(r),
+                    Some(w) => prop_assert_eq!(w, &r),
+                }
+            }
+            prop_assert!(writers <= 1, "{} writers on one snapshot", writers);
+        }
+    }
+
+    /// On one snapshot with old members on different pins, at most one
+    /// member writes a rollback, and only to its own pin.
+    #[test]
+    fn one_writer_per_snapshot_whatever_the_pins(
+        members in prop::collection::vec((any_rollout_member(), version()), 1..=20),
+        new_vs in (version(), version()),
+    ) {
+        let new = pin(&[new_vs.0, new_vs.1]);
+        let group = tags_for(&new, None, [false, false]);
+        let mut s = rollout_snapshot(
+            &members.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            &new,
+            &new,
+        );
+        for (m, (_, v)) in s.members.iter_mut().zip(&members) {
+            if let Some(mine) = m.versions.as_mut() {
+                mine.insert("web".into(), v.to_string());
+            }
+        }
+        let p = deadline_policy(15);
+        let mut writers = Vec::new();
+        for m in &s.members {
+            let Some(mine) = m.versions.as_ref() else { continue };
+            let target = RollbackTarget { versions: mine, images: &ImageCheck::Present };
+            if let Some(r) = rollback(&s, &m.id, &target, &new, &group, &p, NOW) {
+                let mut after = group.clone();
+                after.extend(r.tags);
+                prop_assert_eq!(&preferred_of(&after), mine);
+                writers.push(m.id.clone());
+            }
+        }
+        prop_assert!(writers.len() <= 1, "writers: {:?}", writers);
     }
 }
