@@ -48,25 +48,6 @@ pub use crate::tags::{
 
 /// Default drift grace.
 pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
-/// Default `berth:progress-deadline`.
-pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(15 * 60);
-/// The shortest `berth:progress-deadline`: no instance boots faster, and a
-/// shorter one would halt (and with `berth:auto-rollback`, revert) every
-/// rollout as soon as its first replacement launched.
-pub const MIN_PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
-/// Default `berth:rest-poll`.
-pub const DEFAULT_REST_POLL: Duration = Duration::from_secs(5 * 60);
-/// The shortest `berth:rest-poll`.
-pub const MIN_REST_POLL: Duration = Duration::from_secs(10);
-/// At most this many entries in `berth:halt-on-alarms`.
-pub const MAX_HALT_ALARMS: usize = 100;
-/// The longest CloudWatch alarm name (or name prefix), in characters.
-pub const MAX_ALARM_NAME_CHARS: usize = 255;
-/// `DescribeAlarms` takes at most this many `AlarmNames` per request.
-pub const MAX_ALARM_NAMES_PER_REQUEST: usize = 100;
-/// The CloudWatch alarm state that holds a rollout (`OK` and
-/// `INSUFFICIENT_DATA` do not).
-pub const ALARM_STATE_ALARM: &str = "ALARM";
 /// The group-wide call rate the schedule aims at (calls per second).
 pub const GROUP_CALLS_PER_SEC: f64 = 1.0;
 /// No agent polls more often than this.
@@ -105,6 +86,26 @@ impl MaxUnavailable {
         }
     }
 }
+
+/// Default `berth:progress-deadline`.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// The shortest `berth:progress-deadline`: no instance boots faster, and a
+/// shorter one would halt (and with `berth:auto-rollback`, revert) every
+/// rollout as soon as its first replacement launched.
+pub const MIN_PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
+/// Default `berth:rest-poll`.
+pub const DEFAULT_REST_POLL: Duration = Duration::from_secs(5 * 60);
+/// The shortest `berth:rest-poll`.
+pub const MIN_REST_POLL: Duration = Duration::from_secs(10);
+/// At most this many entries in `berth:halt-on-alarms`.
+pub const MAX_HALT_ALARMS: usize = 100;
+/// The longest CloudWatch alarm name (or name prefix), in characters.
+pub const MAX_ALARM_NAME_CHARS: usize = 255;
+/// `DescribeAlarms` takes at most this many `AlarmNames` per request.
+pub const MAX_ALARM_NAMES_PER_REQUEST: usize = 100;
+/// The CloudWatch alarm state that holds a rollout (`OK` and
+/// `INSUFFICIENT_DATA` do not).
+pub const ALARM_STATE_ALARM: &str = "ALARM";
 
 /// The rollout settings, from the group's tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1244,18 +1245,26 @@ impl Watch {
         let age = self
             .drift_since_ms
             .map(|s| Duration::from_millis(o.now_ms.saturating_sub(s)));
-        let now_s = o.now_ms / 1000;
         let checks = Checks {
             image: o.image,
             alarms: o.alarms,
         };
-        let decision = decide(o.snapshot, o.me, o.preferred, o.policy, age, &checks, now_s);
+        let decision = decide(
+            o.snapshot,
+            o.me,
+            o.preferred,
+            o.policy,
+            age,
+            &checks,
+            o.now_ms / 1000,
+        );
         let mut order: Vec<&MemberView> = o.snapshot.members.iter().collect();
         order.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
         let rank = order
             .iter()
             .position(|m| m.id == o.me)
             .unwrap_or(order.len()) as u32;
+        let now_s = o.now_ms / 1000;
         let k = o
             .policy
             .max_unavailable
