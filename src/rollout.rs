@@ -7,9 +7,13 @@
 //! [`decide`] says [`Decision::Retire`] only if all hold, from one snapshot:
 //! this instance has drifted; the new preferred images exist in their
 //! registries; the drift has lasted `berth:drift-grace`; the group is not
-//! `berth:paused`; this instance is itself ready; the budget
-//! `k − U > 0`, where `k` = `berth:max-unavailable` and
-//! `U = max(desired, members) − ready`; and this instance is among the first
+//! `berth:paused`; no alarm of `berth:halt-on-alarms` is in ALARM (and they
+//! could be read); the rollout is not [`halted`]; this instance is itself
+//! ready; the canary, if any, has baked or this instance is among its first
+//! `berth:canary` places ([`canary_hold`]); the budget `k − U > 0`, where
+//! `k` = `berth:max-unavailable` and `U = max(desired, members) − ready`
+//! (with a bake time and no canary, a new member counts as ready only once
+//! baked: [`budget_unavailable`]); and this instance is among the first
 //! `budget` drifted, ready members ordered by (launch time, instance id).
 //! Anything missing or unreadable means wait.
 //!
@@ -17,7 +21,11 @@
 //! a later snapshot shows them unavailable (`U + r`) and gone from the line
 //! (`p − r`), so `p ≤ k − U` is unchanged. Agents reading snapshots of
 //! different ages agree on who may go; an older snapshot is only more
-//! conservative.
+//! conservative. The canary rule is a position rule of the same kind.
+//!
+//! When the rollout halts and `berth:auto-rollback` is set, [`rollback`]
+//! names one writer, the oldest ready member on the old versions, and the
+//! tags it sets: its own pin.
 //!
 //! # The schedule
 //!
@@ -27,11 +35,16 @@
 //! away its turn is.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
-use crate::desired::TagError;
+use crate::desired::{TagError, check_version};
+use crate::tags::{InstanceState, TAG_VERSION, TAG_VERSION_PREFIX, TERMINATING_STATE_PREFIX};
 
-pub use crate::tags::{TAG_DRIFT_GRACE, TAG_MAX_UNAVAILABLE, TAG_PAUSED, TAG_STATE, TAG_VERSIONS};
+pub use crate::tags::{
+    TAG_AUTO_ROLLBACK, TAG_BAKE_TIME, TAG_CANARY, TAG_DRIFT_GRACE, TAG_HALT_ON_ALARMS,
+    TAG_MAX_UNAVAILABLE, TAG_NUDGE, TAG_PAUSED, TAG_PROGRESS_DEADLINE, TAG_READY_SINCE,
+    TAG_REST_POLL, TAG_ROLLED_BACK_FROM, TAG_STATE, TAG_VERSIONS,
+};
 
 /// Default drift grace.
 pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
@@ -74,12 +87,52 @@ impl MaxUnavailable {
     }
 }
 
+/// Default `berth:progress-deadline`.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// The shortest `berth:progress-deadline`: no instance boots faster, and a
+/// shorter one would halt (and with `berth:auto-rollback`, revert) every
+/// rollout as soon as its first replacement launched.
+pub const MIN_PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
+/// Default `berth:rest-poll`.
+pub const DEFAULT_REST_POLL: Duration = Duration::from_secs(5 * 60);
+/// The shortest `berth:rest-poll`.
+pub const MIN_REST_POLL: Duration = Duration::from_secs(10);
+/// At most this many entries in `berth:halt-on-alarms`.
+pub const MAX_HALT_ALARMS: usize = 100;
+/// The longest CloudWatch alarm name (or name prefix), in characters.
+pub const MAX_ALARM_NAME_CHARS: usize = 255;
+/// `DescribeAlarms` takes at most this many `AlarmNames` per request.
+pub const MAX_ALARM_NAMES_PER_REQUEST: usize = 100;
+/// The CloudWatch alarm state that holds a rollout (`OK` and
+/// `INSUFFICIENT_DATA` do not).
+pub const ALARM_STATE_ALARM: &str = "ALARM";
+
 /// The rollout settings, from the group's tags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub max_unavailable: MaxUnavailable,
     pub drift_grace: Duration,
     pub paused: bool,
+    /// `berth:canary`: the first this many replacements go, then nobody
+    /// else until this many members on the preferred versions are baked
+    /// (0: off).
+    pub canary: u32,
+    /// `berth:bake-time`: how long a member on the preferred versions must
+    /// have been ready to count as baked (0: off).
+    pub bake_time: Duration,
+    /// `berth:halt-on-alarms`: alarm names; an entry ending in `*` is a
+    /// prefix. Each is non-empty, at most [`MAX_ALARM_NAME_CHARS`] long
+    /// without the `*`; at most [`MAX_HALT_ALARMS`] entries.
+    pub halt_on_alarms: Vec<String>,
+    /// `berth:auto-rollback`: revert the version tags when the rollout halts.
+    pub auto_rollback: bool,
+    /// `berth:progress-deadline`: a member on the preferred versions not
+    /// ready this long after its launch halts the rollout. At least
+    /// [`MIN_PROGRESS_DEADLINE`].
+    pub progress_deadline: Duration,
+    /// `berth:rest-poll`: the whole group's backstop poll interval at rest.
+    /// At least [`MIN_REST_POLL`].
+    pub rest_poll: Duration,
 }
 
 impl Default for Policy {
@@ -88,14 +141,27 @@ impl Default for Policy {
             max_unavailable: MaxUnavailable::Count(1),
             drift_grace: DEFAULT_DRIFT_GRACE,
             paused: false,
+            canary: 0,
+            bake_time: Duration::ZERO,
+            halt_on_alarms: Vec::new(),
+            auto_rollback: false,
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            rest_poll: DEFAULT_REST_POLL,
         }
     }
 }
 
 /// Reads the rollout settings from the group's tags, naming every bad tag.
+/// A bad value is never replaced by its default: the caller waits.
 pub fn policy_from_tags(tags: &BTreeMap<String, String>) -> Result<Policy, Vec<TagError>> {
     let mut p = Policy::default();
     let mut errors = Vec::new();
+    let mut bad = |tag: &str, message: String| {
+        errors.push(TagError {
+            tag: tag.into(),
+            message,
+        })
+    };
     if let Some(v) = tags.get(TAG_MAX_UNAVAILABLE) {
         let v = v.trim();
         let parsed = match v.strip_suffix('%') {
@@ -113,31 +179,86 @@ pub fn policy_from_tags(tags: &BTreeMap<String, String>) -> Result<Policy, Vec<T
         };
         match parsed {
             Some(m) => p.max_unavailable = m,
-            None => errors.push(TagError {
-                tag: TAG_MAX_UNAVAILABLE.into(),
-                message: format!(
-                    "{v:?} is not a count (\"2\") or a percent (\"10%\") of at least 1"
-                ),
-            }),
+            None => bad(
+                TAG_MAX_UNAVAILABLE,
+                format!("{v:?} is not a count (\"2\") or a percent (\"10%\") of at least 1"),
+            ),
         }
     }
     if let Some(v) = tags.get(TAG_DRIFT_GRACE) {
         match humantime::parse_duration(v.trim()) {
             Ok(d) => p.drift_grace = d,
-            Err(e) => errors.push(TagError {
-                tag: TAG_DRIFT_GRACE.into(),
-                message: format!("{v:?} is not a duration like \"60s\" or \"5m\": {e}"),
-            }),
+            Err(e) => bad(
+                TAG_DRIFT_GRACE,
+                format!("{v:?} is not a duration like \"60s\" or \"5m\": {e}"),
+            ),
         }
     }
     if let Some(v) = tags.get(TAG_PAUSED) {
         match v.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "1" => p.paused = true,
             "false" | "no" | "0" | "" => p.paused = false,
-            _ => errors.push(TagError {
-                tag: TAG_PAUSED.into(),
-                message: format!("{v:?} is not true or false"),
-            }),
+            _ => bad(TAG_PAUSED, format!("{v:?} is not true or false")),
+        }
+    }
+    if let Some(v) = tags.get(TAG_CANARY) {
+        match v.trim().parse::<u32>() {
+            Ok(n) => p.canary = n,
+            Err(_) => bad(
+                TAG_CANARY,
+                format!("{v:?} is not a count of replacements (\"0\" is off)"),
+            ),
+        }
+    }
+    let mut duration = |tag: &str, min: Duration, into: &mut Duration| {
+        if let Some(v) = tags.get(tag) {
+            match humantime::parse_duration(v.trim()) {
+                Ok(d) if d >= min => *into = d,
+                Ok(_) => bad(
+                    tag,
+                    format!(
+                        "{v:?} is shorter than the minimum, {}",
+                        humantime::format_duration(min)
+                    ),
+                ),
+                Err(e) => bad(
+                    tag,
+                    format!("{v:?} is not a duration like \"10m\" or \"1h\": {e}"),
+                ),
+            }
+        }
+    };
+    duration(TAG_BAKE_TIME, Duration::ZERO, &mut p.bake_time);
+    duration(
+        TAG_PROGRESS_DEADLINE,
+        MIN_PROGRESS_DEADLINE,
+        &mut p.progress_deadline,
+    );
+    duration(TAG_REST_POLL, MIN_REST_POLL, &mut p.rest_poll);
+    if let Some(v) = tags.get(TAG_HALT_ON_ALARMS) {
+        match parse_alarm_entries(v) {
+            Ok(a) => p.halt_on_alarms = a,
+            Err(m) => bad(TAG_HALT_ON_ALARMS, m),
+        }
+    }
+    if let Some(v) = tags.get(TAG_AUTO_ROLLBACK) {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" => p.auto_rollback = true,
+            "false" => p.auto_rollback = false,
+            _ => bad(
+                TAG_AUTO_ROLLBACK,
+                format!("{v:?} is not \"true\" or \"false\""),
+            ),
+        }
+    }
+    if let Some(v) = tags.get(TAG_ROLLED_BACK_FROM) {
+        let ok = parse_versions(v)
+            .is_some_and(|m| !m.is_empty() && m.values().all(|v| check_version(v).is_ok()));
+        if !ok {
+            bad(
+                TAG_ROLLED_BACK_FROM,
+                format!("{v:?} is not a list of versions like \"web=1.4.2,proxy=0.9.1\""),
+            );
         }
     }
     if errors.is_empty() {
@@ -145,6 +266,78 @@ pub fn policy_from_tags(tags: &BTreeMap<String, String>) -> Result<Policy, Vec<T
     } else {
         Err(errors)
     }
+}
+
+/// Parses `berth:halt-on-alarms`: comma-separated entries, each an alarm
+/// name or a prefix ending in `*`, naming every bad entry.
+fn parse_alarm_entries(v: &str) -> Result<Vec<String>, String> {
+    let entries: Vec<&str> = v.split(',').map(str::trim).collect();
+    let mut problems = Vec::new();
+    if entries.len() > MAX_HALT_ALARMS {
+        problems.push(format!(
+            "{} entries, at most {MAX_HALT_ALARMS}",
+            entries.len()
+        ));
+    }
+    for e in &entries {
+        let name = e.strip_suffix('*').unwrap_or(e);
+        if name.is_empty() {
+            problems.push(format!(
+                "empty entry {e:?} (remove the tag to watch no alarms; a prefix needs a character before '*')"
+            ));
+        } else if name.contains('*') {
+            problems.push(format!("{e:?}: '*' may only end an entry"));
+        } else if name.chars().count() > MAX_ALARM_NAME_CHARS {
+            problems.push(format!(
+                "{e:?} is longer than {MAX_ALARM_NAME_CHARS} characters"
+            ));
+        } else if name.chars().any(char::is_control) {
+            problems.push(format!("{e:?} contains a control character"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(entries.into_iter().map(str::to_string).collect())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Formats versions as the `berth:versions` and `berth:rolled-back-from`
+/// tags hold them (`proxy=0.9.1,web=1.4.2`); [`parse_versions`] reads it back.
+pub fn format_versions(versions: &BTreeMap<String, String>) -> String {
+    versions
+        .iter()
+        .map(|(c, v)| format!("{c}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads a `berth:ready-since` tag (RFC 3339 in UTC, `2025-01-31T12:00:00Z`)
+/// as seconds since the epoch; `None` if it does not parse.
+pub fn parse_ready_since(tag: &str) -> Option<u64> {
+    humantime::parse_rfc3339(tag.trim())
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// The `berth:ready-since` value an agent writes when it becomes ready at
+/// `secs` since the epoch.
+pub fn format_ready_since(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Whether a member's launch lifecycle hook was abandoned, as far as a
+/// snapshot can tell: its lifecycle state is `Terminating…` (where Auto
+/// Scaling sends a member whose launch hook is abandoned) and it never
+/// reported ready (no `berth:ready-since`). A member on the preferred
+/// versions removed by a scale-in before it was ever ready looks the same
+/// and halts the rollout too: agents wait and, with `berth:auto-rollback`,
+/// roll back. (A member whose agent could not write `berth:ready-since`
+/// looks abandoned when it leaves, for the same reason.)
+pub fn launch_abandoned(lifecycle_state: &str, ready_since: Option<u64>) -> bool {
+    lifecycle_state.starts_with(TERMINATING_STATE_PREFIX) && ready_since.is_none()
 }
 
 /// Parses a `berth:versions` tag (`web=1.4.2,proxy=0.9.1`).
@@ -173,6 +366,11 @@ pub struct MemberView {
     pub versions: Option<BTreeMap<String, String>>,
     /// The member's `berth:pinned-cluster` tag.
     pub cluster: Option<String>,
+    /// When it last became ready: its `berth:ready-since` tag, in seconds
+    /// since the epoch (`None`: no tag, or one that does not parse).
+    pub ready_since: Option<u64>,
+    /// Its launch lifecycle hook was abandoned ([`launch_abandoned`]).
+    pub abandoned: bool,
 }
 
 impl MemberView {
@@ -180,7 +378,36 @@ impl MemberView {
     pub fn ready(&self) -> bool {
         self.in_service
             && self.healthy
-            && self.berth_state.as_deref() == Some(crate::tags::InstanceState::Ready.as_str())
+            && self.berth_state.as_deref() == Some(InstanceState::Ready.as_str())
+    }
+
+    /// Ready, and ready since at least `bake` ago (with `bake` zero, ready
+    /// is enough). A member without a readable `berth:ready-since` is never
+    /// baked.
+    pub fn baked(&self, bake: Duration, now_s: u64) -> bool {
+        self.ready()
+            && (bake.is_zero()
+                || self
+                    .ready_since
+                    .is_some_and(|t| t.saturating_add(bake.as_secs()) <= now_s))
+    }
+
+    /// Tagged `berth:state` `retiring` or `draining`: on its way out.
+    pub fn leaving(&self) -> bool {
+        matches!(
+            self.berth_state.as_deref(),
+            Some(s) if s == InstanceState::Retiring.as_str() || s == InstanceState::Draining.as_str()
+        )
+    }
+
+    /// Runs exactly the preferred versions, in the group's cluster (as far
+    /// as its tags tell).
+    pub fn on_preferred(
+        &self,
+        preferred: &BTreeMap<String, String>,
+        cluster: Option<&str>,
+    ) -> bool {
+        self.versions.as_ref() == Some(preferred) && !self.drifted(preferred, cluster)
     }
 
     /// Runs versions other than `preferred`, or a cluster other than the
@@ -188,8 +415,12 @@ impl MemberView {
     /// as [`crate::desired::drift`], read from the member's tags.
     pub fn drifted(&self, preferred: &BTreeMap<String, String>, cluster: Option<&str>) -> bool {
         let versions = self.versions.as_ref().is_some_and(|v| v != preferred);
-        let moved = matches!((self.cluster.as_deref(), cluster), (Some(a), Some(b)) if a != b);
-        versions || moved
+        versions || self.moved(cluster)
+    }
+
+    /// Pinned to another cluster than the group's (both known).
+    fn moved(&self, cluster: Option<&str>) -> bool {
+        matches!((self.cluster.as_deref(), cluster), (Some(a), Some(b)) if a != b)
     }
 }
 
@@ -213,6 +444,179 @@ pub enum ImageCheck {
     Unknown(String),
 }
 
+/// The state of the alarms of `berth:halt-on-alarms`, read just before the
+/// gate decides (see [`alarm_requests`] and [`alarm_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlarmCheck {
+    /// No alarms were read. Only right when `berth:halt-on-alarms` is unset:
+    /// with alarms configured, the gate treats it as unknown and waits.
+    NotConfigured,
+    /// No alarm is in ALARM.
+    Clear,
+    /// These alarms are in ALARM: wait.
+    InAlarm(Vec<String>),
+    /// Could not tell (CloudWatch unreachable, an alarm not found): wait.
+    Unknown(String),
+}
+
+/// One `DescribeAlarms` request (for both metric and composite alarms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlarmRequest {
+    /// `AlarmNames`: at most [`MAX_ALARM_NAMES_PER_REQUEST`].
+    Names(Vec<String>),
+    /// `AlarmNamePrefix`: one per request.
+    Prefix(String),
+}
+
+/// The `DescribeAlarms` requests that read every alarm of
+/// `berth:halt-on-alarms` ([`Policy::halt_on_alarms`]): the names in batches
+/// of [`MAX_ALARM_NAMES_PER_REQUEST`], then one request per prefix, without
+/// duplicates. No entries, no requests.
+pub fn alarm_requests(entries: &[String]) -> Vec<AlarmRequest> {
+    let mut names: Vec<String> = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    for e in entries {
+        match e.strip_suffix('*') {
+            Some(p) if !prefixes.iter().any(|x| x == p) => prefixes.push(p.to_string()),
+            Some(_) => {}
+            None if !names.contains(e) => names.push(e.clone()),
+            None => {}
+        }
+    }
+    names
+        .chunks(MAX_ALARM_NAMES_PER_REQUEST)
+        .map(|c| AlarmRequest::Names(c.to_vec()))
+        .chain(prefixes.into_iter().map(AlarmRequest::Prefix))
+        .collect()
+}
+
+/// Judges what the [`alarm_requests`] returned, as (alarm name, state
+/// value) pairs: any in `ALARM` holds the rollout; a named alarm that does
+/// not exist, or a prefix that matches none, is unknown (a typo must not
+/// silently turn the protection off).
+pub fn alarm_check(entries: &[String], found: &[(String, String)]) -> AlarmCheck {
+    if entries.is_empty() {
+        return AlarmCheck::NotConfigured;
+    }
+    let watched = |name: &str| {
+        entries.iter().any(|e| match e.strip_suffix('*') {
+            Some(p) => name.starts_with(p),
+            None => name == e,
+        })
+    };
+    let mut missing = Vec::new();
+    for e in entries {
+        let seen = match e.strip_suffix('*') {
+            Some(p) => found.iter().any(|(n, _)| n.starts_with(p)),
+            None => found.iter().any(|(n, _)| n == e),
+        };
+        if !seen {
+            missing.push(e.as_str());
+        }
+    }
+    if !missing.is_empty() {
+        return AlarmCheck::Unknown(format!("no alarm named {}", missing.join(", ")));
+    }
+    let mut firing: Vec<String> = found
+        .iter()
+        .filter(|(n, state)| state == ALARM_STATE_ALARM && watched(n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    firing.sort();
+    firing.dedup();
+    if firing.is_empty() {
+        AlarmCheck::Clear
+    } else {
+        AlarmCheck::InAlarm(firing)
+    }
+}
+
+/// What the agent checked outside the group's snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks<'a> {
+    /// The new preferred images.
+    pub image: &'a ImageCheck,
+    /// The alarms of `berth:halt-on-alarms`.
+    pub alarms: &'a AlarmCheck,
+}
+
+/// Why a rollout is halted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaltReason {
+    /// Its Auto Scaling health status is `Unhealthy`.
+    Unhealthy,
+    /// Its launch lifecycle hook was abandoned ([`launch_abandoned`]).
+    LaunchAbandoned,
+    /// Not ready `berth:progress-deadline` after its launch.
+    Deadline(Duration),
+}
+
+/// A member on the preferred versions that shows the new versions fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt {
+    pub member: String,
+    pub reason: HaltReason,
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.member;
+        match &self.reason {
+            HaltReason::Unhealthy => {
+                write!(f, "{m} on the preferred versions is Unhealthy")
+            }
+            HaltReason::LaunchAbandoned => write!(
+                f,
+                "{m} on the preferred versions left the group before it was ever ready (launch hook abandoned)"
+            ),
+            HaltReason::Deadline(d) => write!(
+                f,
+                "{m} on the preferred versions is not ready {} after its launch ({TAG_PROGRESS_DEADLINE})",
+                humantime::format_duration(*d)
+            ),
+        }
+    }
+}
+
+/// Whether the rollout is halted: a member on the preferred versions is
+/// `Unhealthy`, abandoned its launch hook, or is not ready
+/// `berth:progress-deadline` after its launch (unless it is leaving on
+/// purpose: `retiring` or `draining`). The oldest such member, by (launch
+/// time, id), is named. Every agent computes the same answer from the same
+/// snapshot; a halted rollout stays halted until the member is gone or
+/// recovers, or the preferred versions change.
+pub fn halted(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    policy: &Policy,
+    now_s: u64,
+) -> Option<Halt> {
+    let deadline = policy.progress_deadline.as_secs();
+    let mut bad: Vec<(&MemberView, HaltReason)> = snapshot
+        .members
+        .iter()
+        .filter(|m| m.on_preferred(preferred, snapshot.cluster.as_deref()))
+        .filter_map(|m| {
+            let reason = if !m.healthy {
+                HaltReason::Unhealthy
+            } else if m.abandoned {
+                HaltReason::LaunchAbandoned
+            } else if !m.ready() && !m.leaving() && m.launch_time.saturating_add(deadline) <= now_s
+            {
+                HaltReason::Deadline(policy.progress_deadline)
+            } else {
+                return None;
+            };
+            Some((m, reason))
+        })
+        .collect();
+    bad.sort_by(|(a, _), (b, _)| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
+    bad.into_iter().next().map(|(m, reason)| Halt {
+        member: m.id.clone(),
+        reason,
+    })
+}
+
 /// Why the gate says wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait {
@@ -223,10 +627,32 @@ pub enum Wait {
     /// Drift must last the grace period; this much is left.
     Grace(Duration),
     Paused,
+    /// These alarms of `berth:halt-on-alarms` are in ALARM.
+    Alarm(Vec<String>),
+    /// The alarms of `berth:halt-on-alarms` could not be read.
+    AlarmUnknown(String),
+    /// The rollout is [`halted`].
+    Halted(Halt),
     /// This instance is not in the snapshot.
     NotInGroup,
     /// This instance is not ready itself; it holds no place in line.
     NotReady,
+    /// The canary holds: `started` of the first `canary` replacements have
+    /// started, and only `baked` members on the preferred versions have
+    /// been ready for `bake_time`.
+    Canary {
+        canary: u32,
+        started: u32,
+        baked: u32,
+        bake_time: Duration,
+    },
+    /// The budget is spent on members on the preferred versions that have
+    /// not been ready for `berth:bake-time` yet; `member` bakes first, in
+    /// `left` (`None`: it has no readable `berth:ready-since`).
+    Baking {
+        member: String,
+        left: Option<Duration>,
+    },
     /// `k − U ≤ 0`.
     NoBudget {
         unavailable: u32,
@@ -240,6 +666,11 @@ pub enum Wait {
     },
 }
 
+/// A duration to the second, for messages.
+fn secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
+}
+
 impl std::fmt::Display for Wait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -248,14 +679,44 @@ impl std::fmt::Display for Wait {
                 write!(f, "the preferred image {i} does not exist in its registry")
             }
             Wait::ImageUnknown(e) => write!(f, "cannot check the preferred image: {e}"),
-            Wait::Grace(left) => write!(
-                f,
-                "drift grace: {} left",
-                humantime::format_duration(Duration::from_secs(left.as_secs()))
-            ),
+            Wait::Grace(left) => write!(f, "drift grace: {} left", secs(*left)),
             Wait::Paused => write!(f, "the group is paused ({TAG_PAUSED})"),
+            Wait::Alarm(names) => write!(
+                f,
+                "alarm in ALARM ({TAG_HALT_ON_ALARMS}): {}",
+                names.join(", ")
+            ),
+            Wait::AlarmUnknown(e) => {
+                write!(f, "cannot check the alarms of {TAG_HALT_ON_ALARMS}: {e}")
+            }
+            Wait::Halted(h) => write!(f, "rollout halted: {h}"),
             Wait::NotInGroup => write!(f, "this instance is not in the group's snapshot"),
             Wait::NotReady => write!(f, "this instance is not ready; it holds no place in line"),
+            Wait::Canary {
+                canary,
+                started,
+                baked,
+                bake_time,
+            } => {
+                write!(f, "canary ({TAG_CANARY}={canary}): the others wait until ")?;
+                if bake_time.is_zero() {
+                    write!(f, "the canary is ready")?;
+                } else {
+                    write!(f, "the canary has been ready for {}", secs(*bake_time))?;
+                }
+                write!(f, " ({baked} of {canary} baked, {started} started)")
+            }
+            Wait::Baking { member, left } => match left {
+                Some(left) => write!(
+                    f,
+                    "bake time ({TAG_BAKE_TIME}): {member} on the preferred versions counts as ready in {}",
+                    secs(*left)
+                ),
+                None => write!(
+                    f,
+                    "bake time ({TAG_BAKE_TIME}): {member} on the preferred versions has no readable {TAG_READY_SINCE} tag"
+                ),
+            },
             Wait::NoBudget { unavailable, max } => {
                 write!(f, "no budget: {unavailable} unavailable, max {max}")
             }
@@ -321,19 +782,166 @@ pub fn unavailable(snapshot: &Snapshot) -> u32 {
         .saturating_sub(ready)
 }
 
-/// The gate. `drift_age`: how long this instance has seen drift (`None`: no drift).
+/// `U` as the budget counts it. Without `berth:bake-time`, or with a canary
+/// (which then does the baking: [`canary_hold`]), it is [`unavailable`].
+/// With a bake time and no canary, a member on the preferred versions counts
+/// as ready only once [baked](MemberView::baked), like Kubernetes'
+/// `minReadySeconds`: a version that crashes a minute after it starts keeps
+/// using the budget until it has proven itself, so at most `k` replacements
+/// run it. The position rule stays safe: a member turns baked only as time
+/// passes, the way a booting one turns ready, and a stale snapshot judged at
+/// the current time reads the same `berth:ready-since`.
+pub fn budget_unavailable(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    policy: &Policy,
+    now_s: u64,
+) -> u32 {
+    if policy.bake_time.is_zero() || policy.canary > 0 {
+        return unavailable(snapshot);
+    }
+    let cluster = snapshot.cluster.as_deref();
+    let ready = snapshot
+        .members
+        .iter()
+        .filter(|m| {
+            m.ready() && (!m.on_preferred(preferred, cluster) || m.baked(policy.bake_time, now_s))
+        })
+        .count() as u32;
+    snapshot
+        .desired_capacity
+        .max(snapshot.members.len() as u32)
+        .saturating_sub(ready)
+}
+
+/// The member on the preferred versions that is ready but not yet baked and
+/// bakes first, and how long it has left (`None`: no readable
+/// `berth:ready-since`, it never bakes as things stand).
+fn first_to_bake(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    bake: Duration,
+    now_s: u64,
+) -> Option<(String, Option<Duration>)> {
+    let cluster = snapshot.cluster.as_deref();
+    snapshot
+        .members
+        .iter()
+        .filter(|m| m.ready() && m.on_preferred(preferred, cluster) && !m.baked(bake, now_s))
+        .map(|m| {
+            let done = m.ready_since.map(|t| t.saturating_add(bake.as_secs()));
+            (done.is_none(), done, m.launch_time, &m.id)
+        })
+        .min()
+        .map(|(_, done, _, id)| {
+            (
+                id.clone(),
+                done.map(|d| Duration::from_secs(d.saturating_sub(now_s))),
+            )
+        })
+}
+
+/// The canary rule, with `n` = `berth:canary` > 0: until `n` members on the
+/// preferred versions are [baked](MemberView::baked) (ready for
+/// `berth:bake-time`; ready is enough without one), a drifted member may
+/// retire only if `q ≤ n − started`, where
+///
+/// - `started` counts the places already spent on the new versions: members
+///   on the preferred versions, drifted members leaving (`retiring`,
+///   `draining`), members whose versions are not known yet (a replacement
+///   before its first tags), and capacity the group has yet to launch
+///   (`desired − members`, when positive);
+/// - `q` is the member's place among the drifted members that are not
+///   leaving, *ready or not*, ordered by (launch time, instance id).
+///
+/// Why this holds without a coordinator, on snapshots of any age: when `r`
+/// members ahead retire, they leave the list (`q − r`) and count as started
+/// (`+ r`), and stay counted while they are terminated (missing capacity),
+/// replaced (versions unknown) and the replacement tagged (preferred); a
+/// member behind retiring only adds to `started`. So `q + started` never
+/// decreases, and an older snapshot is only more conservative. Take the
+/// last retiree in that order, deciding on whatever snapshot: every other
+/// retiree is ahead of it there, either still listed (in `q`) or already
+/// started (in `started`), so the retirees number at most `n` minus what
+/// had started before any of them: never more than `n` replacements before
+/// `n` are baked. The budget `k` applies as well, so never more than `k`
+/// unavailable either.
+///
+/// A drifted member that is not ready keeps its place in this list. Were
+/// the places counted among ready members only (the line), an older member
+/// turning ready would take a place a younger one had already used on an
+/// older snapshot, and `n + 1` would go; `tests/rollout_props.rs` finds that
+/// in a few hundred cases. (Capacity lost for reasons berth does not cause,
+/// such as a scale-in that removes a leaving member, is the same exception
+/// as for the budget.)
+///
+/// `Some(wait)` when the canary holds `me`; `None` when the canary is off or
+/// baked, or `me` is within its places (or not listed: the rest of the gate
+/// decides).
+pub fn canary_hold(
+    snapshot: &Snapshot,
+    me: &str,
+    preferred: &BTreeMap<String, String>,
+    policy: &Policy,
+    now_s: u64,
+) -> Option<Wait> {
+    let n = policy.canary;
+    if n == 0 {
+        return None;
+    }
+    let cluster = snapshot.cluster.as_deref();
+    let baked = snapshot
+        .members
+        .iter()
+        .filter(|m| m.on_preferred(preferred, cluster) && m.baked(policy.bake_time, now_s))
+        .count() as u32;
+    if baked >= n {
+        return None;
+    }
+    let mut listed: Vec<&MemberView> = snapshot
+        .members
+        .iter()
+        .filter(|m| m.drifted(preferred, cluster) && !m.leaving())
+        .collect();
+    listed.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
+    let q = listed.iter().position(|m| m.id == me)? as u32 + 1;
+    let missing = snapshot
+        .desired_capacity
+        .saturating_sub(snapshot.members.len() as u32);
+    let started = missing
+        + snapshot
+            .members
+            .iter()
+            .filter(|m| {
+                m.versions.is_none()
+                    || m.on_preferred(preferred, cluster)
+                    || (m.drifted(preferred, cluster) && m.leaving())
+            })
+            .count() as u32;
+    (q > n.saturating_sub(started)).then_some(Wait::Canary {
+        canary: n,
+        started,
+        baked,
+        bake_time: policy.bake_time,
+    })
+}
+
+/// The gate. `drift_age`: how long this instance has seen drift (`None`: no
+/// drift); `checks`: the images and alarms read for this look; `now_s`: now,
+/// in seconds since the epoch (for the bake time and the progress deadline).
 pub fn decide(
     snapshot: &Snapshot,
     me: &str,
     preferred: &BTreeMap<String, String>,
     policy: &Policy,
     drift_age: Option<Duration>,
-    image: &ImageCheck,
+    checks: &Checks<'_>,
+    now_s: u64,
 ) -> Decision {
     let Some(age) = drift_age else {
         return Decision::Wait(Wait::NoDrift);
     };
-    match image {
+    match checks.image {
         ImageCheck::Present => {}
         ImageCheck::Missing(i) => return Decision::Wait(Wait::ImageMissing(i.clone())),
         ImageCheck::Unknown(e) => return Decision::Wait(Wait::ImageUnknown(e.clone())),
@@ -344,27 +952,52 @@ pub fn decide(
     if policy.paused {
         return Decision::Wait(Wait::Paused);
     }
+    match checks.alarms {
+        AlarmCheck::InAlarm(a) => return Decision::Wait(Wait::Alarm(a.clone())),
+        AlarmCheck::Unknown(e) => return Decision::Wait(Wait::AlarmUnknown(e.clone())),
+        AlarmCheck::NotConfigured if !policy.halt_on_alarms.is_empty() => {
+            return Decision::Wait(Wait::AlarmUnknown(
+                "the alarms are configured but were not read".into(),
+            ));
+        }
+        AlarmCheck::NotConfigured | AlarmCheck::Clear => {}
+    }
+    if let Some(h) = halted(snapshot, preferred, policy, now_s) {
+        return Decision::Wait(Wait::Halted(h));
+    }
     let Some(my) = snapshot.members.iter().find(|m| m.id == me) else {
         return Decision::Wait(Wait::NotInGroup);
     };
     if !my.ready() {
         return Decision::Wait(Wait::NotReady);
     }
+    if let Some(w) = canary_hold(snapshot, me, preferred, policy, now_s) {
+        return Decision::Wait(w);
+    }
     let k = policy.max_unavailable.resolve(snapshot.desired_capacity);
-    let u = unavailable(snapshot);
+    let u = budget_unavailable(snapshot, preferred, policy, now_s);
+    let line = line(snapshot, preferred);
+    let position = line.iter().position(|m| m.id == me).map(|p| p as u32 + 1);
+    let budget = k.saturating_sub(u);
+    // Held only because new members have not baked yet: say so.
+    let unbaked_budget = k.saturating_sub(unavailable(snapshot));
+    if let Some(p) = position
+        && p > budget
+        && p <= unbaked_budget
+        && let Some((member, left)) = first_to_bake(snapshot, preferred, policy.bake_time, now_s)
+    {
+        return Decision::Wait(Wait::Baking { member, left });
+    }
     if u >= k {
         return Decision::Wait(Wait::NoBudget {
             unavailable: u,
             max: k,
         });
     }
-    let budget = k - u;
-    let line = line(snapshot, preferred);
-    let Some(pos) = line.iter().position(|m| m.id == me) else {
+    let Some(position) = position else {
         // Ready but not drifted in the group's eyes (its versions tag lags): wait.
         return Decision::Wait(Wait::NotReady);
     };
-    let position = pos as u32 + 1;
     if position <= budget {
         Decision::Retire
     } else {
@@ -374,6 +1007,110 @@ pub fn decide(
             head: line[0].id.clone(),
         })
     }
+}
+
+/// This instance's pin, offered as the target of an automatic rollback.
+#[derive(Debug, Clone, Copy)]
+pub struct RollbackTarget<'a> {
+    /// The pinned versions, component → version.
+    pub versions: &'a BTreeMap<String, String>,
+    /// Whether the pinned images still exist in their registries, checked
+    /// by the caller (for the writer only: see [`rollback_writer`]). A
+    /// rollback never targets a version whose image does not exist: only
+    /// [`ImageCheck::Present`] lets [`rollback`] answer.
+    pub images: &'a ImageCheck,
+}
+
+/// What an automatic rollback sets on the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// Every group tag to set, in one call: the version tags that make the
+    /// preferred versions the writer's pin, and `berth:rolled-back-from`.
+    pub tags: BTreeMap<String, String>,
+    /// The preferred versions rolled back from, as
+    /// `berth:rolled-back-from` holds them (`web=1.5.0`).
+    pub rolled_back_from: String,
+}
+
+/// Who writes an automatic rollback: the oldest, by (launch time, id), ready
+/// member on other versions than the preferred ones (and in the group's
+/// cluster). Every agent computes the same one from the same snapshot.
+pub fn rollback_writer<'a>(
+    snapshot: &'a Snapshot,
+    preferred: &BTreeMap<String, String>,
+) -> Option<&'a MemberView> {
+    let cluster = snapshot.cluster.as_deref();
+    snapshot
+        .members
+        .iter()
+        .filter(|m| {
+            m.ready() && !m.moved(cluster) && m.versions.as_ref().is_some_and(|v| v != preferred)
+        })
+        .min_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)))
+}
+
+/// The automatic rollback, decided by `me` from one snapshot. `Some` only
+/// when all hold: `berth:auto-rollback` is set and the group is not paused;
+/// the rollout is [`halted`]; `me` is the [`rollback_writer`] and its
+/// `berth:versions` tag is its pin (which therefore differs from the
+/// preferred versions); every pinned version is valid; and the pinned
+/// images exist ([`RollbackTarget::images`] is `Present`).
+///
+/// The tags set the preferred versions to the writer's pin: `berth:version`
+/// alone when every component has the same version and no
+/// `berth:version:<component>` tag on the group says otherwise, else one
+/// `berth:version:<component>` per component; plus
+/// `berth:rolled-back-from`. The writer and the value depend only on the
+/// snapshot, so a second writer (another agent on a later snapshot, while
+/// the old members share one pin) writes the same tags, and writing them
+/// twice changes nothing. Once written, the old versions are preferred: no
+/// member is on the failing versions' side any more, the rollout is no
+/// longer halted, and this answers `None`.
+pub fn rollback(
+    snapshot: &Snapshot,
+    me: &str,
+    target: &RollbackTarget<'_>,
+    preferred: &BTreeMap<String, String>,
+    group_tags: &BTreeMap<String, String>,
+    policy: &Policy,
+    now_s: u64,
+) -> Option<Rollback> {
+    if !policy.auto_rollback || policy.paused {
+        return None;
+    }
+    halted(snapshot, preferred, policy, now_s)?;
+    let writer = rollback_writer(snapshot, preferred)?;
+    let pin = target.versions;
+    if writer.id != me || writer.versions.as_ref() != Some(pin) {
+        return None;
+    }
+    if pin.values().any(|v| check_version(v).is_err()) || *target.images != ImageCheck::Present {
+        return None;
+    }
+    let mut versions = pin.values();
+    let one = versions
+        .next()
+        .filter(|first| versions.all(|v| v == *first));
+    let mut tags: BTreeMap<String, String> = match one {
+        Some(v)
+            if !group_tags.iter().any(|(k, tv)| {
+                k.strip_prefix(TAG_VERSION_PREFIX)
+                    .is_some_and(|c| pin.contains_key(c) && tv != v)
+            }) =>
+        {
+            BTreeMap::from([(TAG_VERSION.to_string(), v.clone())])
+        }
+        _ => pin
+            .iter()
+            .map(|(c, v)| (format!("{TAG_VERSION_PREFIX}{c}"), v.clone()))
+            .collect(),
+    };
+    let rolled_back_from = format_versions(preferred);
+    tags.insert(TAG_ROLLED_BACK_FROM.to_string(), rolled_back_from.clone());
+    Some(Rollback {
+        tags,
+        rolled_back_from,
+    })
 }
 
 /// Where an agent stands, for the schedule.
@@ -502,6 +1239,9 @@ pub struct Observation<'a> {
     pub preferred: &'a BTreeMap<String, String>,
     pub policy: &'a Policy,
     pub image: &'a ImageCheck,
+    /// The alarms of `berth:halt-on-alarms` ([`AlarmCheck::NotConfigured`]
+    /// when there are none).
+    pub alarms: &'a AlarmCheck,
     /// How long a member takes from launch to ready (observed or assumed).
     pub boot: Duration,
     /// How long a drain takes.
@@ -520,7 +1260,19 @@ impl Watch {
         let age = self
             .drift_since_ms
             .map(|s| Duration::from_millis(o.now_ms.saturating_sub(s)));
-        let decision = decide(o.snapshot, o.me, o.preferred, o.policy, age, o.image);
+        let checks = Checks {
+            image: o.image,
+            alarms: o.alarms,
+        };
+        let decision = decide(
+            o.snapshot,
+            o.me,
+            o.preferred,
+            o.policy,
+            age,
+            &checks,
+            o.now_ms / 1000,
+        );
         let mut order: Vec<&MemberView> = o.snapshot.members.iter().collect();
         order.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
         let rank = order
@@ -582,8 +1334,19 @@ mod tests {
             berth_state: Some(if ready { "ready" } else { "starting" }.into()),
             versions: Some(v(versions)),
             cluster: None,
+            ready_since: ready.then_some(launch),
+            abandoned: false,
         }
     }
+
+    /// No alarms, images present.
+    const CLEAR: Checks<'static> = Checks {
+        image: &ImageCheck::Present,
+        alarms: &AlarmCheck::NotConfigured,
+    };
+
+    /// Now in the table tests: a little after the youngest launch (900).
+    const NOW: u64 = 1000;
 
     /// Defect: a `berth:cluster` change with the same versions showed drift
     /// in status but never retired. Drift is one rule: a member whose pinned
@@ -607,7 +1370,8 @@ mod tests {
             &preferred,
             &Policy::default(),
             Some(DEFAULT_DRIFT_GRACE),
-            &ImageCheck::Present,
+            &CLEAR,
+            NOW,
         );
         assert_eq!(d, Decision::Retire);
         // Same cluster, same versions: nobody is in line.
@@ -648,7 +1412,8 @@ mod tests {
             &v(NEW),
             &policy,
             Some(Duration::from_secs(3600)),
-            &ImageCheck::Present,
+            &CLEAR,
+            NOW,
         )
     }
 
@@ -657,26 +1422,38 @@ mod tests {
         let p = Policy::default();
         let p2 = Policy {
             max_unavailable: MaxUnavailable::Count(2),
-            ..p
+            ..p.clone()
         };
         let mut booting = base();
         booting.members[0] = member("i-new", 900, false, NEW);
         let mut replaced = base();
         replaced.members[0] = member("i-new", 900, true, NEW);
         let cases: Vec<(&str, Snapshot, &str, Policy, Decision)> = vec![
-            ("oldest goes first", base(), "i-a", p, Decision::Retire),
+            (
+                "oldest goes first",
+                base(),
+                "i-a",
+                p.clone(),
+                Decision::Retire,
+            ),
             (
                 "second waits its turn",
                 base(),
                 "i-b",
-                p,
+                p.clone(),
                 Decision::Wait(Wait::NotMyTurn {
                     position: 2,
                     budget: 1,
                     head: "i-a".into(),
                 }),
             ),
-            ("k=2: second goes too", base(), "i-b", p2, Decision::Retire),
+            (
+                "k=2: second goes too",
+                base(),
+                "i-b",
+                p2.clone(),
+                Decision::Retire,
+            ),
             (
                 "k=2: third waits",
                 base(),
@@ -694,7 +1471,7 @@ mod tests {
                 "i-c",
                 Policy {
                     max_unavailable: MaxUnavailable::Count(3),
-                    ..p
+                    ..p.clone()
                 },
                 Decision::Retire,
             ),
@@ -702,7 +1479,7 @@ mod tests {
                 "a booting replacement uses the budget",
                 booting.clone(),
                 "i-b",
-                p,
+                p.clone(),
                 Decision::Wait(Wait::NoBudget {
                     unavailable: 1,
                     max: 1,
@@ -712,21 +1489,24 @@ mod tests {
                 "the replacement ready: next one goes",
                 replaced,
                 "i-b",
-                p,
+                p.clone(),
                 Decision::Retire,
             ),
             (
                 "paused",
                 base(),
                 "i-a",
-                Policy { paused: true, ..p },
+                Policy {
+                    paused: true,
+                    ..p.clone()
+                },
                 Decision::Wait(Wait::Paused),
             ),
             (
                 "not a member",
                 base(),
                 "i-zzz",
-                p,
+                p.clone(),
                 Decision::Wait(Wait::NotInGroup),
             ),
             (
@@ -735,7 +1515,7 @@ mod tests {
                 "i-b",
                 Policy {
                     max_unavailable: MaxUnavailable::Percent(10),
-                    ..p
+                    ..p.clone()
                 },
                 Decision::Wait(Wait::NotMyTurn {
                     position: 2,
@@ -749,7 +1529,7 @@ mod tests {
                 "i-b",
                 Policy {
                     max_unavailable: MaxUnavailable::Percent(50),
-                    ..p
+                    ..p.clone()
                 },
                 Decision::Retire,
             ),
@@ -765,7 +1545,7 @@ mod tests {
         let p = Policy::default();
         let pref = v(NEW);
         assert_eq!(
-            decide(&s, "i-a", &pref, &p, None, &ImageCheck::Present),
+            decide(&s, "i-a", &pref, &p, None, &CLEAR, NOW),
             Decision::Wait(Wait::NoDrift)
         );
         assert_eq!(
@@ -775,7 +1555,11 @@ mod tests {
                 &pref,
                 &p,
                 Some(Duration::from_secs(999)),
-                &ImageCheck::Missing("web:2".into())
+                &Checks {
+                    image: &ImageCheck::Missing("web:2".into()),
+                    alarms: &AlarmCheck::NotConfigured,
+                },
+                NOW
             ),
             Decision::Wait(Wait::ImageMissing("web:2".into()))
         );
@@ -786,7 +1570,11 @@ mod tests {
                 &pref,
                 &p,
                 Some(Duration::from_secs(999)),
-                &ImageCheck::Unknown("down".into())
+                &Checks {
+                    image: &ImageCheck::Unknown("down".into()),
+                    alarms: &AlarmCheck::NotConfigured,
+                },
+                NOW
             ),
             Decision::Wait(Wait::ImageUnknown(_))
         ));
@@ -797,18 +1585,22 @@ mod tests {
                 &pref,
                 &p,
                 Some(Duration::from_secs(20)),
-                &ImageCheck::Present
+                &CLEAR,
+                NOW
             ),
             Decision::Wait(Wait::Grace(Duration::from_secs(40)))
         );
         let mut degraded = base();
         degraded.members[0].berth_state = Some("degraded".into());
-        assert_eq!(go(&degraded, "i-a", p), Decision::Wait(Wait::NotReady));
+        assert_eq!(
+            go(&degraded, "i-a", p.clone()),
+            Decision::Wait(Wait::NotReady)
+        );
         // An unhealthy member counts as unavailable.
         let mut sick = base();
         sick.members[3].healthy = false;
         assert_eq!(
-            go(&sick, "i-a", p),
+            go(&sick, "i-a", p.clone()),
             Decision::Wait(Wait::NoBudget {
                 unavailable: 1,
                 max: 1
@@ -971,5 +1763,632 @@ mod tests {
                 max: 1
             })
         );
+    }
+
+    fn tags(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MIN: u64 = 60;
+
+    #[test]
+    fn new_policy_tags_default_off_and_parse() {
+        let d = Policy::default();
+        assert_eq!(d.canary, 0);
+        assert_eq!(d.bake_time, Duration::ZERO);
+        assert!(d.halt_on_alarms.is_empty());
+        assert!(!d.auto_rollback);
+        assert_eq!(d.progress_deadline, Duration::from_secs(15 * MIN));
+        assert_eq!(d.rest_poll, Duration::from_secs(5 * MIN));
+        let p = policy_from_tags(&tags(&[
+            (TAG_CANARY, "2"),
+            (TAG_BAKE_TIME, "10m"),
+            (TAG_HALT_ON_ALARMS, "web-5xx, web-latency-*"),
+            (TAG_AUTO_ROLLBACK, "TRUE"),
+            (TAG_PROGRESS_DEADLINE, "20m"),
+            (TAG_REST_POLL, "10s"),
+            (TAG_ROLLED_BACK_FROM, "proxy=0.9.1,web=1.5.0"),
+        ]))
+        .unwrap();
+        assert_eq!(p.canary, 2);
+        assert_eq!(p.bake_time, Duration::from_secs(10 * MIN));
+        assert_eq!(p.halt_on_alarms, vec!["web-5xx", "web-latency-*"]);
+        assert!(p.auto_rollback);
+        assert_eq!(p.progress_deadline, Duration::from_secs(20 * MIN));
+        assert_eq!(p.rest_poll, MIN_REST_POLL);
+        // Zero turns the canary and the bake time off.
+        let off = policy_from_tags(&tags(&[(TAG_CANARY, "0"), (TAG_BAKE_TIME, "0s")])).unwrap();
+        assert_eq!(off, Policy::default());
+    }
+
+    #[test]
+    fn every_bad_new_tag_is_named_at_once() {
+        let e = policy_from_tags(&tags(&[
+            (TAG_CANARY, "-1"),
+            (TAG_BAKE_TIME, "a while"),
+            (TAG_HALT_ON_ALARMS, "web-5xx,,a*b"),
+            (TAG_AUTO_ROLLBACK, "yes"),
+            (TAG_PROGRESS_DEADLINE, "30s"),
+            (TAG_REST_POLL, "5s"),
+            (TAG_ROLLED_BACK_FROM, "web"),
+        ]))
+        .unwrap_err();
+        let mut named: Vec<&str> = e.iter().map(|e| e.tag.as_str()).collect();
+        named.sort();
+        let mut want = vec![
+            TAG_CANARY,
+            TAG_BAKE_TIME,
+            TAG_HALT_ON_ALARMS,
+            TAG_AUTO_ROLLBACK,
+            TAG_PROGRESS_DEADLINE,
+            TAG_REST_POLL,
+            TAG_ROLLED_BACK_FROM,
+        ];
+        want.sort();
+        assert_eq!(named, want);
+        let alarms = e.iter().find(|e| e.tag == TAG_HALT_ON_ALARMS).unwrap();
+        assert!(alarms.message.contains("empty entry"), "{}", alarms.message);
+        assert!(alarms.message.contains("\"a*b\""), "{}", alarms.message);
+        let deadline = e.iter().find(|e| e.tag == TAG_PROGRESS_DEADLINE).unwrap();
+        assert!(deadline.message.contains("1m"), "{}", deadline.message);
+        // Strict: these are all errors too.
+        for (tag, value) in [
+            (TAG_CANARY, ""),
+            (TAG_CANARY, "1.5"),
+            (TAG_BAKE_TIME, ""),
+            (TAG_AUTO_ROLLBACK, ""),
+            (TAG_AUTO_ROLLBACK, "1"),
+            (TAG_HALT_ON_ALARMS, ""),
+            (TAG_HALT_ON_ALARMS, "*"),
+            (TAG_HALT_ON_ALARMS, "web*,"),
+            (TAG_HALT_ON_ALARMS, "tab\there"),
+            (TAG_ROLLED_BACK_FROM, "web=bad version"),
+            (TAG_ROLLED_BACK_FROM, ""),
+        ] {
+            assert!(
+                policy_from_tags(&tags(&[(tag, value)])).is_err(),
+                "{tag}={value:?}"
+            );
+        }
+        let long = "a".repeat(MAX_ALARM_NAME_CHARS);
+        assert!(policy_from_tags(&tags(&[(TAG_HALT_ON_ALARMS, &long)])).is_ok());
+        assert!(policy_from_tags(&tags(&[(TAG_HALT_ON_ALARMS, &format!("{long}*"))])).is_ok());
+        assert!(policy_from_tags(&tags(&[(TAG_HALT_ON_ALARMS, &format!("{long}a"))])).is_err());
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| format!("a{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(policy_from_tags(&tags(&[(TAG_HALT_ON_ALARMS, &many(MAX_HALT_ALARMS))])).is_ok());
+        assert!(
+            policy_from_tags(&tags(&[(TAG_HALT_ON_ALARMS, &many(MAX_HALT_ALARMS + 1))])).is_err()
+        );
+    }
+
+    #[test]
+    fn ready_since_round_trips_and_abandoned_launches() {
+        let t = 1_738_324_800; // 2025-01-31T12:00:00Z
+        assert_eq!(format_ready_since(t), "2025-01-31T12:00:00Z");
+        assert_eq!(parse_ready_since(&format_ready_since(t)), Some(t));
+        for bad in ["", "yesterday", "1738324800", "2025-01-31 12:00:00"] {
+            assert_eq!(parse_ready_since(bad), None, "{bad:?}");
+        }
+        assert!(launch_abandoned("Terminating:Wait", None));
+        assert!(launch_abandoned("Terminating", None));
+        assert!(launch_abandoned("Terminating:Proceed", None));
+        assert!(
+            !launch_abandoned("Terminating:Wait", Some(t)),
+            "it was ready"
+        );
+        assert!(!launch_abandoned("Pending:Wait", None));
+        assert!(!launch_abandoned("InService", None));
+        assert_eq!(
+            format_versions(&v("web=1.5.0,proxy=0.9.1")),
+            "proxy=0.9.1,web=1.5.0"
+        );
+    }
+
+    #[test]
+    fn alarm_requests_batch_names_and_query_each_prefix() {
+        let entries: Vec<String> = (0..150)
+            .map(|i| format!("n{i}"))
+            .chain(["web-*".into(), "n0".into(), "web-*".into(), "db-*".into()])
+            .collect();
+        let r = alarm_requests(&entries);
+        assert_eq!(r.len(), 4);
+        assert!(matches!(&r[0], AlarmRequest::Names(n) if n.len() == 100 && n[0] == "n0"));
+        assert!(matches!(&r[1], AlarmRequest::Names(n) if n.len() == 50 && n[49] == "n149"));
+        assert_eq!(r[2], AlarmRequest::Prefix("web-".into()));
+        assert_eq!(r[3], AlarmRequest::Prefix("db-".into()));
+        assert!(alarm_requests(&[]).is_empty());
+    }
+
+    #[test]
+    fn alarm_check_table() {
+        let entries = vec!["web-5xx".to_string(), "web-lat-*".to_string()];
+        let found = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect()
+        };
+        assert_eq!(alarm_check(&[], &[]), AlarmCheck::NotConfigured);
+        assert_eq!(
+            alarm_check(
+                &entries,
+                &found(&[("web-5xx", "OK"), ("web-lat-p99", "INSUFFICIENT_DATA")])
+            ),
+            AlarmCheck::Clear
+        );
+        assert_eq!(
+            alarm_check(
+                &entries,
+                &found(&[
+                    ("web-5xx", "OK"),
+                    ("web-lat-p99", "ALARM"),
+                    ("web-lat-p50", "ALARM"),
+                    ("other", "ALARM"),
+                ])
+            ),
+            AlarmCheck::InAlarm(vec!["web-lat-p50".into(), "web-lat-p99".into()])
+        );
+        // A named alarm that does not exist, or a prefix matching none: unknown.
+        assert!(matches!(
+            alarm_check(&entries, &found(&[("web-lat-p99", "OK")])),
+            AlarmCheck::Unknown(m) if m.contains("web-5xx")
+        ));
+        assert!(matches!(
+            alarm_check(&entries, &found(&[("web-5xx", "OK")])),
+            AlarmCheck::Unknown(m) if m.contains("web-lat-*")
+        ));
+    }
+
+    fn check(alarms: &AlarmCheck) -> Checks<'_> {
+        Checks {
+            image: &ImageCheck::Present,
+            alarms,
+        }
+    }
+
+    #[test]
+    fn alarms_hold_the_rollout() {
+        let s = base();
+        let pref = v(NEW);
+        let watched = Policy {
+            halt_on_alarms: vec!["web-5xx".into()],
+            ..Policy::default()
+        };
+        let at = |p: &Policy, a: &AlarmCheck| {
+            decide(
+                &s,
+                "i-a",
+                &pref,
+                p,
+                Some(Duration::from_secs(3600)),
+                &check(a),
+                NOW,
+            )
+        };
+        assert_eq!(at(&watched, &AlarmCheck::Clear), Decision::Retire);
+        let firing = at(&watched, &AlarmCheck::InAlarm(vec!["web-5xx".into()]));
+        assert_eq!(firing, Decision::Wait(Wait::Alarm(vec!["web-5xx".into()])));
+        assert!(matches!(
+            at(&watched, &AlarmCheck::Unknown("throttled".into())),
+            Decision::Wait(Wait::AlarmUnknown(e)) if e == "throttled"
+        ));
+        // Alarms configured but not read: wait, never go.
+        assert!(matches!(
+            at(&watched, &AlarmCheck::NotConfigured),
+            Decision::Wait(Wait::AlarmUnknown(_))
+        ));
+        assert_eq!(
+            at(&Policy::default(), &AlarmCheck::NotConfigured),
+            Decision::Retire
+        );
+    }
+
+    /// i-a, i-b on the old versions (i-a oldest); i-new on the new ones,
+    /// launched at 900.
+    fn rolling() -> Snapshot {
+        fleet(
+            3,
+            vec![
+                member("i-a", 100, true, OLD),
+                member("i-b", 200, true, OLD),
+                member("i-new", 900, false, NEW),
+            ],
+        )
+    }
+
+    #[test]
+    fn halted_table() {
+        let pref = v(NEW);
+        let p = Policy::default();
+        let deadline = 900 + 15 * MIN;
+        let at = |s: &Snapshot, now: u64| halted(s, &pref, &p, now);
+        // Booting within the deadline: not halted.
+        assert_eq!(at(&rolling(), deadline - 1), None);
+        // Not ready by the deadline.
+        assert_eq!(
+            at(&rolling(), deadline),
+            Some(Halt {
+                member: "i-new".into(),
+                reason: HaltReason::Deadline(p.progress_deadline),
+            })
+        );
+        // Unhealthy, or its launch hook abandoned: halted at once.
+        let mut sick = rolling();
+        sick.members[2].healthy = false;
+        assert_eq!(at(&sick, NOW).unwrap().reason, HaltReason::Unhealthy);
+        let mut abandoned = rolling();
+        abandoned.members[2].abandoned = true;
+        assert_eq!(
+            at(&abandoned, NOW).unwrap().reason,
+            HaltReason::LaunchAbandoned
+        );
+        // Ready in time: not halted, however long after.
+        let mut fine = rolling();
+        fine.members[2] = member("i-new", 900, true, NEW);
+        assert_eq!(at(&fine, deadline + 3600), None);
+        // Leaving on purpose (drained by a scale-in): not a halt.
+        let mut leaving = rolling();
+        leaving.members[2].berth_state = Some("draining".into());
+        assert_eq!(at(&leaving, deadline + 3600), None);
+        // Members on the old versions never halt the rollout.
+        let mut old_sick = rolling();
+        old_sick.members[1].healthy = false;
+        old_sick.members[0].abandoned = true;
+        assert_eq!(at(&old_sick, NOW), None);
+        // Halted: every drifted agent waits, naming the member.
+        let d = go_at(&sick, "i-a", Policy::default(), NOW);
+        assert!(matches!(&d, Decision::Wait(Wait::Halted(h)) if h.member == "i-new"));
+        let Decision::Wait(w) = d else { unreachable!() };
+        assert_eq!(
+            w.to_string(),
+            "rollout halted: i-new on the preferred versions is Unhealthy"
+        );
+    }
+
+    fn go_at(s: &Snapshot, me: &str, policy: Policy, now: u64) -> Decision {
+        decide(
+            s,
+            me,
+            &v(NEW),
+            &policy,
+            Some(Duration::from_secs(3600)),
+            &CLEAR,
+            now,
+        )
+    }
+
+    #[test]
+    fn bake_time_alone_keeps_new_members_in_the_budget_until_baked() {
+        let bake = Policy {
+            bake_time: Duration::from_secs(10 * MIN),
+            ..Policy::default()
+        };
+        let mut s = rolling();
+        s.members[2] = member("i-new", 900, true, NEW);
+        s.members[2].ready_since = Some(1000);
+        // Ready 2 minutes ago: it still uses the budget.
+        let now = 1000 + 2 * MIN;
+        assert_eq!(budget_unavailable(&s, &v(NEW), &bake, now), 1);
+        assert_eq!(unavailable(&s), 0);
+        assert_eq!(
+            go_at(&s, "i-a", bake.clone(), now),
+            Decision::Wait(Wait::Baking {
+                member: "i-new".into(),
+                left: Some(Duration::from_secs(8 * MIN)),
+            })
+        );
+        // Baked: the next one goes.
+        assert_eq!(
+            go_at(&s, "i-a", bake.clone(), 1000 + 10 * MIN),
+            Decision::Retire
+        );
+        // Without the bake time, ready is enough.
+        assert_eq!(go_at(&s, "i-a", Policy::default(), now), Decision::Retire);
+        // No readable berth:ready-since: never baked, and status says why.
+        s.members[2].ready_since = None;
+        let d = go_at(&s, "i-a", bake.clone(), 1000 + 60 * MIN);
+        assert_eq!(
+            d,
+            Decision::Wait(Wait::Baking {
+                member: "i-new".into(),
+                left: None,
+            })
+        );
+        // Behind the budget anyway: the plain answer.
+        s.members[2].ready_since = Some(1000);
+        assert!(matches!(
+            go_at(&s, "i-b", bake, now),
+            Decision::Wait(Wait::NoBudget { .. })
+        ));
+    }
+
+    #[test]
+    fn canary_goes_first_then_the_rest_wait_for_it_to_bake() {
+        let canary = Policy {
+            max_unavailable: MaxUnavailable::Count(2),
+            canary: 1,
+            bake_time: Duration::from_secs(10 * MIN),
+            ..Policy::default()
+        };
+        let go = |s: &Snapshot, me: &str, now: u64| go_at(s, me, canary.clone(), now);
+        // The first replacement goes; the second would fit the budget but
+        // not the canary.
+        let s = base();
+        assert_eq!(go(&s, "i-a", NOW), Decision::Retire);
+        let held = Decision::Wait(Wait::Canary {
+            canary: 1,
+            started: 0,
+            baked: 0,
+            bake_time: Duration::from_secs(10 * MIN),
+        });
+        assert_eq!(go(&s, "i-b", NOW), held);
+        // i-a retiring, then gone (the group one short), then replaced:
+        // still one started, the others wait.
+        let mut retiring = base();
+        retiring.members[0].berth_state = Some("retiring".into());
+        let mut gone = base();
+        gone.members.remove(0);
+        let mut booting = base();
+        booting.members[0] = member("i-new", 900, false, NEW);
+        let mut untagged = booting.clone();
+        untagged.members[0].versions = None;
+        for s in [&retiring, &gone, &untagged, &booting] {
+            assert!(
+                matches!(
+                    go(s, "i-b", NOW),
+                    Decision::Wait(Wait::Canary { started: 1, .. })
+                ),
+                "{s:?}"
+            );
+        }
+        // Ready, not yet baked: still held; baked: the rest go, k at a time.
+        let mut ready = base();
+        ready.members[0] = member("i-new", 900, true, NEW);
+        ready.members[0].ready_since = Some(1000);
+        assert!(matches!(
+            go(&ready, "i-b", 1000 + 9 * MIN),
+            Decision::Wait(Wait::Canary { baked: 0, .. })
+        ));
+        let later = 1000 + 10 * MIN;
+        assert_eq!(go(&ready, "i-b", later), Decision::Retire);
+        assert_eq!(go(&ready, "i-c", later), Decision::Retire);
+        assert!(matches!(
+            go(&ready, "i-d", later),
+            Decision::Wait(Wait::NotMyTurn { .. })
+        ));
+    }
+
+    /// Defect in a first design that counted canary places among ready
+    /// members: i-a, older but not ready, let i-b take the only place; once
+    /// ready, i-a took it again on a fresher snapshot, and two went with a
+    /// canary of one. A drifted member that is not ready keeps its place.
+    #[test]
+    fn a_drifted_member_not_ready_keeps_its_canary_place() {
+        let canary = Policy {
+            max_unavailable: MaxUnavailable::Count(3),
+            canary: 1,
+            ..Policy::default()
+        };
+        let mut s = base();
+        s.members[0].berth_state = Some("degraded".into());
+        assert!(matches!(
+            go_at(&s, "i-b", canary.clone(), NOW),
+            Decision::Wait(Wait::Canary { .. })
+        ));
+        s.members[0].berth_state = Some("ready".into());
+        assert_eq!(go_at(&s, "i-a", canary.clone(), NOW), Decision::Retire);
+        assert_eq!(canary_hold(&s, "i-a", &v(NEW), &canary, NOW), None);
+    }
+
+    fn old_rollout(pin: &str, new_health: bool) -> Snapshot {
+        let mut s = fleet(
+            3,
+            vec![
+                member("i-a", 100, true, pin),
+                member("i-b", 200, true, pin),
+                member("i-new", 900, true, NEW),
+            ],
+        );
+        s.members[2].healthy = new_health;
+        s
+    }
+
+    fn auto() -> Policy {
+        Policy {
+            auto_rollback: true,
+            ..Policy::default()
+        }
+    }
+
+    fn back(
+        s: &Snapshot,
+        me: &str,
+        pin: &str,
+        images: &ImageCheck,
+        group: &BTreeMap<String, String>,
+        policy: &Policy,
+    ) -> Option<Rollback> {
+        let pin = v(pin);
+        let target = RollbackTarget {
+            versions: &pin,
+            images,
+        };
+        let pref = v(NEW);
+        rollback(s, me, &target, &pref, group, policy, NOW)
+    }
+
+    #[test]
+    fn rollback_table() {
+        let present = ImageCheck::Present;
+        let group = tags(&[(TAG_VERSION, "2")]);
+        let halted = old_rollout(OLD, false);
+        // The oldest ready member on the old versions writes its own pin.
+        let want = Rollback {
+            tags: BTreeMap::from([
+                (TAG_VERSION.to_string(), "1".to_string()),
+                (TAG_ROLLED_BACK_FROM.to_string(), "web=2".to_string()),
+            ]),
+            rolled_back_from: "web=2".into(),
+        };
+        assert_eq!(
+            back(&halted, "i-a", OLD, &present, &group, &auto()),
+            Some(want)
+        );
+        assert_eq!(
+            rollback_writer(&halted, &v(NEW)).map(|m| m.id.as_str()),
+            Some("i-a")
+        );
+        // Nobody else; not when the image is gone or unknown; not when off,
+        // paused, or not halted.
+        assert_eq!(back(&halted, "i-b", OLD, &present, &group, &auto()), None);
+        assert_eq!(back(&halted, "i-new", NEW, &present, &group, &auto()), None);
+        for images in [
+            ImageCheck::Missing("reg/web:1".into()),
+            ImageCheck::Unknown("registry down".into()),
+        ] {
+            assert_eq!(back(&halted, "i-a", OLD, &images, &group, &auto()), None);
+        }
+        assert_eq!(
+            back(&halted, "i-a", OLD, &present, &group, &Policy::default()),
+            None
+        );
+        let paused = Policy {
+            paused: true,
+            ..auto()
+        };
+        assert_eq!(back(&halted, "i-a", OLD, &present, &group, &paused), None);
+        let fine = old_rollout(OLD, true);
+        assert_eq!(back(&fine, "i-a", OLD, &present, &group, &auto()), None);
+        // The pin must be what the member's tag says (else the others would
+        // not agree on the value).
+        assert_eq!(
+            back(&halted, "i-a", "web=0", &present, &group, &auto()),
+            None
+        );
+        // i-a not ready: i-b writes the same value.
+        let mut a_down = old_rollout(OLD, false);
+        a_down.members[0].berth_state = Some("degraded".into());
+        assert_eq!(
+            back(&a_down, "i-b", OLD, &present, &group, &auto()),
+            back(&halted, "i-a", OLD, &present, &group, &auto())
+        );
+    }
+
+    #[test]
+    fn rollback_writes_per_component_tags_when_one_version_cannot_say_it() {
+        let present = ImageCheck::Present;
+        let two = "proxy=1,web=1";
+        let mut s = old_rollout(two, false);
+        s.members[2].versions = Some(v(NEW));
+        let pref = v(NEW);
+        let pin = v(two);
+        let target = RollbackTarget {
+            versions: &pin,
+            images: &present,
+        };
+        let run = |group: &BTreeMap<String, String>| {
+            rollback(&s, "i-a", &target, &pref, group, &auto(), NOW).map(|r| r.tags)
+        };
+        // One version for both, no per-component tag against it.
+        let agree = tags(&[(TAG_VERSION, "2"), ("berth:version:proxy", "1")]);
+        assert_eq!(
+            run(&agree).unwrap().get(TAG_VERSION).map(String::as_str),
+            Some("1")
+        );
+        // A per-component tag says otherwise: per-component tags.
+        let disagree = tags(&[(TAG_VERSION, "1"), ("berth:version:web", "2")]);
+        let t = run(&disagree).unwrap();
+        assert_eq!(t.get("berth:version:web").map(String::as_str), Some("1"));
+        assert_eq!(t.get("berth:version:proxy").map(String::as_str), Some("1"));
+        assert!(!t.contains_key(TAG_VERSION));
+        // Different versions per component: per-component tags.
+        let mixed = "proxy=0.9,web=1";
+        let mut m = old_rollout(mixed, false);
+        m.members[2].versions = Some(v(NEW));
+        let pin = v(mixed);
+        let target = RollbackTarget {
+            versions: &pin,
+            images: &present,
+        };
+        let t = rollback(&m, "i-a", &target, &pref, &agree, &auto(), NOW)
+            .unwrap()
+            .tags;
+        assert_eq!(
+            t,
+            BTreeMap::from([
+                ("berth:version:proxy".to_string(), "0.9".to_string()),
+                ("berth:version:web".to_string(), "1".to_string()),
+                (TAG_ROLLED_BACK_FROM.to_string(), "web=2".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_new_wait_says_what_holds_the_rollout() {
+        let cases = [
+            (
+                Wait::Alarm(vec!["web-5xx".into(), "web-lat".into()]),
+                "alarm in ALARM (berth:halt-on-alarms): web-5xx, web-lat",
+            ),
+            (
+                Wait::AlarmUnknown("throttled".into()),
+                "cannot check the alarms of berth:halt-on-alarms: throttled",
+            ),
+            (
+                Wait::Halted(Halt {
+                    member: "i-1".into(),
+                    reason: HaltReason::Deadline(DEFAULT_PROGRESS_DEADLINE),
+                }),
+                "rollout halted: i-1 on the preferred versions is not ready 15m after its launch (berth:progress-deadline)",
+            ),
+            (
+                Wait::Halted(Halt {
+                    member: "i-1".into(),
+                    reason: HaltReason::LaunchAbandoned,
+                }),
+                "rollout halted: i-1 on the preferred versions left the group before it was ever ready (launch hook abandoned)",
+            ),
+            (
+                Wait::Canary {
+                    canary: 2,
+                    started: 2,
+                    baked: 1,
+                    bake_time: Duration::from_secs(10 * MIN),
+                },
+                "canary (berth:canary=2): the others wait until the canary has been ready for 10m (1 of 2 baked, 2 started)",
+            ),
+            (
+                Wait::Canary {
+                    canary: 1,
+                    started: 1,
+                    baked: 0,
+                    bake_time: Duration::ZERO,
+                },
+                "canary (berth:canary=1): the others wait until the canary is ready (0 of 1 baked, 1 started)",
+            ),
+            (
+                Wait::Baking {
+                    member: "i-1".into(),
+                    left: Some(Duration::from_millis(90_500)),
+                },
+                "bake time (berth:bake-time): i-1 on the preferred versions counts as ready in 1m 30s",
+            ),
+            (
+                Wait::Baking {
+                    member: "i-1".into(),
+                    left: None,
+                },
+                "bake time (berth:bake-time): i-1 on the preferred versions has no readable berth:ready-since tag",
+            ),
+        ];
+        for (w, want) in cases {
+            assert_eq!(w.to_string(), want);
+        }
     }
 }

@@ -13,6 +13,26 @@ pub const TAG_MAX_UNAVAILABLE: &str = "berth:max-unavailable";
 pub const TAG_DRIFT_GRACE: &str = "berth:drift-grace";
 /// Group tag: `true` stops all retirements.
 pub const TAG_PAUSED: &str = "berth:paused";
+/// Group tag: how many replacements go first, before the rest wait for
+/// them to bake (a count; `0`, the default, is off).
+pub const TAG_CANARY: &str = "berth:canary";
+/// Group tag: how long a member on the preferred versions must have been
+/// ready before it counts as baked (a duration; `0`, the default, is off).
+pub const TAG_BAKE_TIME: &str = "berth:bake-time";
+/// Group tag: CloudWatch alarm names, comma-separated, that hold the rollout
+/// while any is in ALARM; an entry ending in `*` is a name prefix.
+pub const TAG_HALT_ON_ALARMS: &str = "berth:halt-on-alarms";
+/// Group tag: `true` sets the version tags back to the old versions when
+/// the rollout halts.
+pub const TAG_AUTO_ROLLBACK: &str = "berth:auto-rollback";
+/// Group tag: how long after its launch a member on the preferred versions
+/// may take to become ready before the rollout halts.
+pub const TAG_PROGRESS_DEADLINE: &str = "berth:progress-deadline";
+/// Group tag written by an automatic rollback: the preferred versions it
+/// rolled back from (`web=1.5.0`).
+pub const TAG_ROLLED_BACK_FROM: &str = "berth:rolled-back-from";
+/// Group tag: the whole group's backstop poll interval at rest.
+pub const TAG_REST_POLL: &str = "berth:rest-poll";
 
 /// Instance tag: the pin, `web=1.4.2,proxy=0.9.1`.
 pub const TAG_VERSIONS: &str = "berth:versions";
@@ -20,11 +40,10 @@ pub const TAG_VERSIONS: &str = "berth:versions";
 pub const TAG_PINNED_CLUSTER: &str = "berth:pinned-cluster";
 /// Instance tag: the agent's state, one of [`InstanceState`].
 pub const TAG_STATE: &str = "berth:state";
-/// Instance tag: when this instance last became ready (RFC 3339, UTC), set
-/// with `berth:state=ready` in the same call.
+/// Instance tag: when the agent last became ready, RFC 3339 in UTC to the
+/// second (`2025-01-31T12:00:00Z`).
 pub const TAG_READY_SINCE: &str = "berth:ready-since";
-/// Instance tag: the doorbell. Anyone may set it; a change makes the agent
-/// look at the group now (read through IMDS, no API call).
+/// Instance tag: a doorbell; changing it asks the agent to read its group now.
 pub const TAG_NUDGE: &str = "berth:nudge";
 
 /// The instance tag the group sets on its members (visible in IMDS when
@@ -39,6 +58,9 @@ pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 pub const IN_SERVICE: &str = "InService";
 /// A member's lifecycle state while a launch hook holds it.
 pub const PENDING_WAIT: &str = "Pending:Wait";
+/// The prefix of a leaving member's lifecycle states: `Terminating`,
+/// `Terminating:Wait`, `Terminating:Proceed`.
+pub const TERMINATING_STATE_PREFIX: &str = "Terminating";
 /// A member's health status when the group counts it healthy.
 pub const HEALTHY: &str = "Healthy";
 /// IMDS `autoscaling/target-lifecycle-state` when the group terminates the instance.
@@ -68,6 +90,30 @@ impl InstanceState {
             InstanceState::Degraded => "degraded",
             InstanceState::Draining => "draining",
             InstanceState::Retiring => "retiring",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With instance-metadata tags enabled, an instance tag key outside
+    /// letters, digits and `+ - = . , _ : @` makes launches fail.
+    #[test]
+    fn instance_tag_keys_are_allowed_in_instance_metadata() {
+        for key in [
+            TAG_VERSIONS,
+            TAG_PINNED_CLUSTER,
+            TAG_STATE,
+            TAG_READY_SINCE,
+            TAG_NUDGE,
+        ] {
+            assert!(
+                key.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-=.,_:@".contains(c)),
+                "{key}"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ and systemd/, and checks, against the code:
 * tags: every `berth:<name>` is a constant of src/tags.rs, and every
   `berth:<name>:<x>` uses a prefix constant of it (`berth:version:<component>`
   and `berth:version:proxy` alike). A tag that only the design names (say
-  `berth:nudge`) is not in src/tags.rs, so it fails like a typo.
+  `berth:refresh-before`) is not in src/tags.rs, so it fails like a typo.
 * commands: every `berth <command> [--flag ...]` in a command line (code
   blocks and inline code of the Markdown files; the non-comment lines of the
   other files) is a command the binary accepts (`berth <command> --help`
@@ -449,7 +449,7 @@ BREAKS = [
     ("a bogus flag on a continued line", append(DOC, "```sh\nberth run --config x \\\n  --namespces y\n```"), "--namespces"),
     ("a command that does not exist", append(DOC, "```sh\nberth frobnicate\n```"), "frobnicate"),
     ("a fleet command (designed, not built)", append(DOC, "`berth fleet status`"), "'fleet'"),
-    ("a design-only tag", append(DOC, "Set berth:nudge on the members."), "berth:nudge"),
+    ("a design-only tag", append(DOC, "Set berth:refresh-before on the group."), "berth:refresh-before"),
     ("a design-only tag in a command", append(DOC, "```sh\naws autoscaling create-or-update-tags --tags Key=berth:refresh-before,Value=x\n```"), "berth:refresh-before"),
     ("a per-component tag with an unknown prefix", append(DOC, "`berth:versoin:web`"), "berth:versoin:"),
     ("a renamed tag constant", replace("src/tags.rs", '"berth:paused"', '"berth:pause"'), "berth:paused"),

@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth::rollout::{
-    Decision, ImageCheck, MaxUnavailable, MemberView, Policy, Snapshot, decide, line, unavailable,
+    AlarmCheck, Checks, Decision, ImageCheck, MaxUnavailable, MemberView, Policy, RollbackTarget,
+    Snapshot, decide, halted, line, rollback, rollback_writer, unavailable,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -52,16 +53,32 @@ fn preferred() -> BTreeMap<String, String> {
 /// Drift has lasted well past any grace.
 const AGE: Duration = Duration::from_secs(3600);
 
+/// Longer than any history here: no member misses the progress deadline
+/// (halts have properties of their own).
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 fn policy(k: u32) -> Policy {
     Policy {
         max_unavailable: MaxUnavailable::Count(k),
         drift_grace: Duration::from_secs(60),
         paused: false,
+        progress_deadline: DAY,
+        ..Policy::default()
     }
 }
 
-fn ask(s: &Snapshot, me: &str, p: &Policy) -> bool {
-    decide(s, me, &preferred(), p, Some(AGE), &ImageCheck::Present) == Decision::Retire
+/// Images present, no alarms.
+const CLEAR: Checks<'static> = Checks {
+    image: &ImageCheck::Present,
+    alarms: &AlarmCheck::NotConfigured,
+};
+
+/// The model's clock starts here (seconds since the epoch); initial members
+/// were launched at 0..60.
+const T0: u64 = 1000;
+
+fn ask(s: &Snapshot, me: &str, p: &Policy, now: u64) -> bool {
+    decide(s, me, &preferred(), p, Some(AGE), &CLEAR, now) == Decision::Retire
 }
 
 // ---------------------------------------------------------------------------
@@ -77,6 +94,9 @@ enum Status {
     Unready(u8),
     /// Told `Retire` by the gate: draining, not ready.
     Retiring,
+    /// The replacement of a retired member, launched but not tagged yet:
+    /// its versions are unknown ([`Replace::InSteps`] only).
+    Untagged,
     /// The replacement of a retired member, booting.
     Booting,
 }
@@ -87,6 +107,10 @@ struct Member {
     launch: u64,
     drifted: bool,
     status: Status,
+    /// Its `berth:ready-since`.
+    ready_since: Option<u64>,
+    /// Launched by the model to replace a retired member.
+    replacement: bool,
 }
 
 impl Member {
@@ -97,7 +121,7 @@ impl Member {
             Status::Unready(1) => (true, false, "ready"),
             Status::Unready(_) => (true, true, "degraded"),
             Status::Retiring => (true, true, "retiring"),
-            Status::Booting => (false, true, "starting"),
+            Status::Untagged | Status::Booting => (false, true, "starting"),
         };
         MemberView {
             id: self.id.clone(),
@@ -105,50 +129,96 @@ impl Member {
             in_service,
             healthy,
             berth_state: Some(state.into()),
-            versions: Some(if self.drifted { old() } else { preferred() }),
+            versions: match (self.status, self.drifted) {
+                (Status::Untagged, _) => None,
+                (_, true) => Some(old()),
+                (_, false) => Some(preferred()),
+            },
             cluster: None,
+            ready_since: self.ready_since,
+            abandoned: false,
         }
     }
+
+    /// On the preferred versions, ready for the bake time at `now`.
+    fn baked(&self, bake: Duration, now: u64) -> bool {
+        !self.drifted
+            && self.status == Status::Ready
+            && (bake.is_zero() || self.ready_since.is_some_and(|t| t + bake.as_secs() <= now))
+    }
+}
+
+/// How the group replaces a retired member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// In one instant: the retiring member is removed and its booting,
+    /// tagged replacement appears.
+    Atomic,
+    /// In three steps, each an instant of its own: the retiring member is
+    /// removed (the group is one short), the replacement is launched with
+    /// no tags (versions unknown), then tagged (booting).
+    InSteps,
 }
 
 /// The true state of the group and every snapshot of it so far.
 struct World {
     desired: u32,
-    k: u32,
+    policy: Policy,
+    replace: Replace,
     members: Vec<Member>,
-    next_launch: u64,
+    /// Members removed whose replacement is not launched yet.
+    pending: u32,
     next_id: u32,
+    /// The model's clock (seconds since the epoch); agents decide at this
+    /// time whatever the age of their snapshot.
+    now: u64,
     /// Every true state so far, in order (each a consistent snapshot).
     history: Vec<Snapshot>,
     retired: BTreeSet<String>,
+    /// What had started on the new versions at the beginning: members on the
+    /// preferred versions and capacity the group had yet to launch.
+    started0: u32,
     /// What happened, for the counterexample.
     log: Vec<String>,
 }
 
+/// An initial member: (launch time, ready, drifted, why unready, ready for
+/// how long at the start).
+type Initial = (u64, bool, bool, u8, u64);
+
 impl World {
-    fn new(fleet: &[(u64, bool, bool, u8)], desired: u32, k: u32) -> World {
-        let members = fleet
+    fn new(fleet: &[Initial], desired: u32, policy: Policy, replace: Replace) -> World {
+        let members: Vec<Member> = fleet
             .iter()
             .enumerate()
-            .map(|(i, &(launch, ready, drifted, why))| Member {
+            .map(|(i, &(launch, ready, drifted, why, ready_for))| Member {
                 id: format!("i-{i:02}"),
                 launch,
                 drifted,
-                status: if ready {
-                    Status::Ready
-                } else {
-                    Status::Unready(why % 3)
+                status: match (ready, why % 3) {
+                    (true, _) => Status::Ready,
+                    // A member on the preferred versions is never Unhealthy
+                    // here: that halts the rollout (a property of its own).
+                    (false, 1) if !drifted => Status::Unready(2),
+                    (false, why) => Status::Unready(why),
                 },
+                ready_since: ready.then_some(T0.saturating_sub(ready_for)),
+                replacement: false,
             })
             .collect();
+        let started0 = members.iter().filter(|m| !m.drifted).count() as u32
+            + desired.saturating_sub(members.len() as u32);
         let mut w = World {
             desired,
-            k,
+            policy,
+            replace,
             members,
-            next_launch: 1000,
+            pending: 0,
             next_id: 100,
+            now: T0,
             history: Vec::new(),
             retired: BTreeSet::new(),
+            started0,
             log: Vec::new(),
         };
         w.record();
@@ -167,13 +237,27 @@ impl World {
         self.history.push(self.snapshot());
     }
 
-    /// Members the gate retired whose replacement is not ready yet: the
-    /// retiring ones and the booting replacements.
+    /// With a bake time and no canary, the budget waits for replacements
+    /// to bake, not only to be ready.
+    fn bake_alone(&self) -> bool {
+        !self.policy.bake_time.is_zero() && self.policy.canary == 0
+    }
+
+    /// Members the gate retired whose replacement is not ready yet (baked,
+    /// with a bake time and no canary): the retiring ones, the removed ones
+    /// not yet relaunched, and the replacements until then.
     fn gate_unavailable(&self) -> u32 {
-        self.members
-            .iter()
-            .filter(|m| matches!(m.status, Status::Retiring | Status::Booting))
-            .count() as u32
+        let bake = self.policy.bake_time;
+        self.pending
+            + self
+                .members
+                .iter()
+                .filter(|m| match m.status {
+                    Status::Retiring | Status::Untagged | Status::Booting => true,
+                    Status::Ready => self.bake_alone() && m.replacement && !m.baked(bake, self.now),
+                    Status::Unready(_) => false,
+                })
+                .count() as u32
     }
 
     /// The unavailability berth adds: `max(0, desired − ready)` minus what it
@@ -189,45 +273,87 @@ impl World {
         now - without
     }
 
-    /// (a) A retiring member is removed and replaced by a booting one.
-    fn replace(&mut self, pick: Index) {
-        let retiring: Vec<usize> = (0..self.members.len())
-            .filter(|&i| self.members[i].status == Status::Retiring)
-            .collect();
-        if retiring.is_empty() {
-            return;
-        }
-        let i = retiring[pick.index(retiring.len())];
-        let gone = self.members.remove(i);
-        self.next_launch += 1;
+    /// At least `berth:canary` members on the preferred versions are baked.
+    fn canary_baked(&self) -> bool {
+        let baked = self
+            .members
+            .iter()
+            .filter(|m| m.baked(self.policy.bake_time, self.now))
+            .count() as u32;
+        baked >= self.policy.canary
+    }
+
+    fn launch(&mut self, status: Status) {
         self.next_id += 1;
         self.members.push(Member {
             id: format!("i-{}", self.next_id),
-            launch: self.next_launch,
+            launch: self.now,
             drifted: false,
-            status: Status::Booting,
+            status,
+            ready_since: None,
+            replacement: true,
         });
-        self.log.push(format!("{} replaced", gone.id));
-        self.record();
     }
 
-    /// (b) A member that is not ready (booting, or unready from the start) becomes ready.
-    fn ready(&mut self, pick: Index) {
-        let waiting: Vec<usize> = (0..self.members.len())
-            .filter(|&i| matches!(self.members[i].status, Status::Unready(_) | Status::Booting))
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        let i = waiting[pick.index(waiting.len())];
-        self.members[i].status = Status::Ready;
-        self.log.push(format!("{} ready", self.members[i].id));
+    /// The group moves on: with [`Replace::Atomic`], `kind` 0 and 1 replace
+    /// a retiring member, 2 and 3 make a member ready; with
+    /// [`Replace::InSteps`], 0 removes a retiring member, 1 launches a
+    /// replacement, 2 tags one, 3 makes a member ready.
+    fn change(&mut self, kind: u8, pick: Index) {
+        let pick_of = |w: &World, f: &dyn Fn(&Member) -> bool| -> Option<usize> {
+            let v: Vec<usize> = (0..w.members.len()).filter(|&i| f(&w.members[i])).collect();
+            (!v.is_empty()).then(|| v[pick.index(v.len())])
+        };
+        let what = match (self.replace, kind) {
+            (Replace::Atomic, 0 | 1) => {
+                let Some(i) = pick_of(self, &|m| m.status == Status::Retiring) else {
+                    return;
+                };
+                let gone = self.members.remove(i);
+                self.launch(Status::Booting);
+                format!("{} replaced", gone.id)
+            }
+            (Replace::InSteps, 0) => {
+                let Some(i) = pick_of(self, &|m| m.status == Status::Retiring) else {
+                    return;
+                };
+                let gone = self.members.remove(i);
+                self.pending += 1;
+                format!("{} removed", gone.id)
+            }
+            (Replace::InSteps, 1) => {
+                if self.pending == 0 {
+                    return;
+                }
+                self.pending -= 1;
+                self.launch(Status::Untagged);
+                format!("i-{} launched", self.next_id)
+            }
+            (Replace::InSteps, 2) => {
+                let Some(i) = pick_of(self, &|m| m.status == Status::Untagged) else {
+                    return;
+                };
+                self.members[i].status = Status::Booting;
+                format!("{} tagged", self.members[i].id)
+            }
+            _ => {
+                let Some(i) = pick_of(self, &|m| {
+                    matches!(m.status, Status::Unready(_) | Status::Booting)
+                }) else {
+                    return;
+                };
+                self.members[i].status = Status::Ready;
+                self.members[i].ready_since = Some(self.now);
+                format!("{} ready", self.members[i].id)
+            }
+        };
+        self.log.push(format!("t={}: {what}", self.now));
         self.record();
     }
 
     /// A drifted agent decides on snapshot `seen` (an index into the history,
-    /// or `None` for the current state); `Retire` retires it now, if it is
-    /// still ready and has not retired before.
+    /// or `None` for the current state) at the current time; `Retire`
+    /// retires it now, if it is still ready and has not retired before.
     fn decide(&mut self, agent: Index, seen: Option<Index>) {
         let drifted: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].drifted)
@@ -244,14 +370,15 @@ impl World {
                 }
                 None => (self.history.last().expect("history is never empty"), None),
             };
-            (ask(snap, &self.members[i].id, &policy(self.k)), at)
+            (ask(snap, &self.members[i].id, &self.policy, self.now), at)
         };
         let m = &mut self.members[i];
         if retire && m.status == Status::Ready && !self.retired.contains(&m.id) {
             m.status = Status::Retiring;
             self.retired.insert(m.id.clone());
             self.log.push(format!(
-                "{} retires on snapshot {}",
+                "t={}: {} retires on snapshot {}",
+                self.now,
                 m.id,
                 at.map_or("current".to_string(), |a| format!("#{a}"))
             ));
@@ -262,76 +389,94 @@ impl World {
 
 #[derive(Debug, Clone)]
 struct Step {
-    /// (a) replace a retiring member, else (b) a member becomes ready.
-    replace: bool,
+    /// The clock moves on by this many seconds first.
+    advance: u64,
+    /// What changes in the group: see [`World::change`].
+    kind: u8,
     pick: Index,
     /// Agents that decide after the change, each on a snapshot: an earlier
     /// one (`Some`) or the current one (`None`).
     decisions: Vec<(Index, Option<Index>)>,
 }
 
-fn step() -> impl Strategy<Value = Step> {
+/// A step; the clock moves by up to `max_advance` seconds.
+fn step(max_advance: u64) -> impl Strategy<Value = Step> {
     (
-        any::<bool>(),
+        0..=max_advance,
+        0u8..4,
         any::<Index>(),
         prop::collection::vec(
             (any::<Index>(), prop::option::weighted(0.7, any::<Index>())),
             0..6,
         ),
     )
-        .prop_map(|(replace, pick, decisions)| Step {
-            replace,
+        .prop_map(|(advance, kind, pick, decisions)| Step {
+            advance,
+            kind,
             pick,
             decisions,
         })
 }
 
-/// (launch time, ready, drifted, why unready): launch times collide on
-/// purpose, so ties break by id.
-fn fleet(ready: f64) -> impl Strategy<Value = Vec<(u64, bool, bool, u8)>> {
+/// Initial members, each ready with probability `ready` and drifted with
+/// `drifted`: launch times collide on purpose, so ties break by id; ready
+/// members have been ready for up to 1,000 s.
+fn fleet(ready: f64, drifted: f64) -> impl Strategy<Value = Vec<Initial>> {
     prop::collection::vec(
         (
             0u64..60,
             prop::bool::weighted(ready),
-            prop::bool::weighted(0.7),
+            prop::bool::weighted(drifted),
             0u8..3,
+            0u64..1000,
         ),
         3..=40,
     )
 }
 
-/// Which measure of berth's unavailability the property bounds by `k`.
+/// What the property bounds.
 #[derive(Clone, Copy)]
 enum Measure {
-    /// Members the gate retired whose replacement is not yet ready.
+    /// Members the gate retired whose replacement is not yet ready (or
+    /// baked, with a bake time and no canary): at most `k`.
     Retired,
-    /// The shortfall below desired capacity that the gate added.
+    /// The shortfall below desired capacity that the gate added: at most `k`.
     Shortfall,
+    /// Until `berth:canary` members on the preferred versions are baked,
+    /// retirements: at most `canary − started₀`.
+    Canary,
 }
 
 fn run(
-    fleet: &[(u64, bool, bool, u8)],
+    fleet: &[Initial],
     desired: u32,
-    k: u32,
+    policy: Policy,
+    replace: Replace,
     steps: &[Step],
     stale: bool,
-    measure: Measure,
+    measures: &[Measure],
 ) -> Result<(), TestCaseError> {
-    let mut w = World::new(fleet, desired, k);
+    let k = policy.max_unavailable.resolve(desired);
+    let mut w = World::new(fleet, desired, policy, replace);
     let check = |w: &World| -> Result<(), TestCaseError> {
-        let (what, v) = match measure {
-            Measure::Retired => ("retired, not yet replaced", w.gate_unavailable()),
-            Measure::Shortfall => ("shortfall added by the gate", w.gate_shortfall()),
-        };
-        prop_assert!(v <= w.k, "{what}: {v} > k = {}\nlog: {:#?}", w.k, w.log);
+        for m in measures {
+            let (what, v, max) = match m {
+                Measure::Retired => ("retired, not yet replaced", w.gate_unavailable(), k),
+                Measure::Shortfall => ("shortfall added by the gate", w.gate_shortfall(), k),
+                Measure::Canary if w.canary_baked() => continue,
+                Measure::Canary => (
+                    "retired before the canary baked",
+                    w.retired.len() as u32,
+                    w.policy.canary.saturating_sub(w.started0),
+                ),
+            };
+            prop_assert!(v <= max, "{what}: {v} > {max}\nlog: {:#?}", w.log);
+        }
         Ok(())
     };
     for s in steps {
-        if s.replace {
-            w.replace(s.pick);
-        } else {
-            w.ready(s.pick);
-        }
+        w.now += s.advance;
+        w.change(s.kind, s.pick);
         check(&w)?;
         for &(agent, seen) in &s.decisions {
             w.decide(agent, if stale { seen } else { None });
@@ -351,46 +496,50 @@ proptest! {
     /// exceed `k`.
     #[test]
     fn gate_retires_at_most_k_on_stale_snapshots(
-        fleet in fleet(0.8),
+        fleet in fleet(0.8, 0.7),
         delta in 0i32..=3,
         k in 1u32..=5,
-        steps in prop::collection::vec(step(), 0..60),
+        steps in prop::collection::vec(step(0), 0..60),
     ) {
-        run(&fleet, desired(fleet.len(), delta), k, &steps, true, Measure::Retired)?;
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::Atomic, &steps, true, &[Measure::Retired])?;
     }
 
     /// The same with fresh snapshots only.
     #[test]
     fn gate_retires_at_most_k_on_fresh_snapshots(
-        fleet in fleet(0.8),
+        fleet in fleet(0.8, 0.7),
         delta in 0i32..=3,
         k in 1u32..=5,
-        steps in prop::collection::vec(step(), 0..60),
+        steps in prop::collection::vec(step(0), 0..60),
     ) {
-        run(&fleet, desired(fleet.len(), delta), k, &steps, false, Measure::Retired)?;
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::Atomic, &steps, false, &[Measure::Retired])?;
     }
 
     /// Stale or fresh snapshots, desired = members ± 3: the gate never adds
     /// more than `k` to the shortfall `max(0, desired − ready)`.
     #[test]
     fn gate_adds_at_most_k_shortfall_on_stale_snapshots(
-        fleet in fleet(0.8),
+        fleet in fleet(0.8, 0.7),
         delta in -3i32..=3,
         k in 1u32..=5,
-        steps in prop::collection::vec(step(), 0..60),
+        steps in prop::collection::vec(step(0), 0..60),
     ) {
-        run(&fleet, desired(fleet.len(), delta), k, &steps, true, Measure::Shortfall)?;
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::Atomic, &steps, true, &[Measure::Shortfall])?;
     }
 
     /// The same with fresh snapshots only.
     #[test]
     fn gate_adds_at_most_k_shortfall_on_fresh_snapshots(
-        fleet in fleet(0.8),
+        fleet in fleet(0.8, 0.7),
         delta in -3i32..=3,
         k in 1u32..=5,
-        steps in prop::collection::vec(step(), 0..60),
+        steps in prop::collection::vec(step(0), 0..60),
     ) {
-        run(&fleet, desired(fleet.len(), delta), k, &steps, false, Measure::Shortfall)?;
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::Atomic, &steps, false, &[Measure::Shortfall])?;
     }
 
     /// The design's claim over every desired capacity, members ± 3. Fails
@@ -406,12 +555,69 @@ proptest! {
     /// to the lead, not weakened.
     #[test]
     fn gate_retires_at_most_k_even_during_scale_in(
-        fleet in fleet(0.8),
+        fleet in fleet(0.8, 0.7),
         delta in -3i32..=3,
         k in 1u32..=5,
-        steps in prop::collection::vec(step(), 0..60),
+        steps in prop::collection::vec(step(0), 0..60),
     ) {
-        run(&fleet, desired(fleet.len(), delta), k, &steps, true, Measure::Retired)?;
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::Atomic, &steps, true, &[Measure::Retired])?;
+    }
+
+    /// `berth:canary` n with any `berth:bake-time` (0 included), on stale
+    /// or fresh snapshots, replacements appearing in steps (the group one
+    /// short, then a member with unknown versions, then tagged), the clock
+    /// moving: until n members on the preferred versions are baked, at most
+    /// `n − started₀` members retire (never more than n replacements), and
+    /// never more than `k` are retired and not yet replaced.
+    #[test]
+    fn canary_retires_at_most_n_before_n_are_baked(
+        fleet in fleet(0.8, 0.95),
+        delta in 0i32..=3,
+        k in 1u32..=5,
+        n in 1u32..=4,
+        bake in 0u64..=600,
+        steps in prop::collection::vec(step(300), 0..60),
+    ) {
+        let d = desired(fleet.len(), delta);
+        let p = Policy {
+            canary: n,
+            bake_time: Duration::from_secs(bake),
+            ..policy(k)
+        };
+        let all = [Measure::Retired, Measure::Canary];
+        run(&fleet, d, p, Replace::InSteps, &steps, true, &all)?;
+    }
+
+    /// `berth:bake-time` alone, on stale or fresh snapshots, replacements
+    /// appearing in steps, the clock moving: never more than `k` members
+    /// retired whose replacement has not been ready for the bake time.
+    #[test]
+    fn bake_time_keeps_at_most_k_retired_until_baked(
+        fleet in fleet(0.8, 0.95),
+        delta in 0i32..=3,
+        k in 1u32..=5,
+        bake in 1u64..=600,
+        steps in prop::collection::vec(step(300), 0..60),
+    ) {
+        let d = desired(fleet.len(), delta);
+        let p = Policy {
+            bake_time: Duration::from_secs(bake),
+            ..policy(k)
+        };
+        run(&fleet, d, p, Replace::InSteps, &steps, true, &[Measure::Retired])?;
+    }
+
+    /// Replacements in steps, no canary or bake time: still at most `k`.
+    #[test]
+    fn gate_retires_at_most_k_when_replacements_appear_in_steps(
+        fleet in fleet(0.8, 0.7),
+        delta in 0i32..=3,
+        k in 1u32..=5,
+        steps in prop::collection::vec(step(0), 0..60),
+    ) {
+        let d = desired(fleet.len(), delta);
+        run(&fleet, d, policy(k), Replace::InSteps, &steps, true, &[Measure::Retired])?;
     }
 }
 
@@ -432,6 +638,8 @@ fn healthy(launches: &[u64]) -> Snapshot {
                     launch,
                     drifted: true,
                     status: Status::Ready,
+                    ready_since: Some(launch),
+                    replacement: false,
                 }
                 .view()
             })
@@ -468,7 +676,7 @@ proptest! {
         let p = policy(k);
         let retire: Vec<String> = by_age(&s)
             .into_iter()
-            .filter(|id| ask(&s, id, &p))
+            .filter(|id| ask(&s, id, &p, T0))
             .collect();
         let want = (k as usize).min(launches.len());
         prop_assert!(!retire.is_empty());
@@ -487,7 +695,7 @@ proptest! {
         let mut retired = 0;
         for i in order {
             let id = s.members[i].id.clone();
-            if ask(&s, &id, &p) {
+            if ask(&s, &id, &p, T0) {
                 s.members[i].berth_state = Some("retiring".into());
                 retired += 1;
             }
@@ -527,15 +735,15 @@ fn any_policy() -> impl Strategy<Value = Policy> {
     ]
     .prop_map(|max_unavailable| Policy {
         max_unavailable,
-        drift_grace: Duration::from_secs(60),
-        paused: false,
+        ..policy(1)
     })
 }
 
 proptest! {
     /// On one snapshot of any group, every member whose agent knows it has
     /// drifted asks; the ones told `Retire` are exactly the first
-    /// `min(k − U, |line|)` of `line(snapshot)` (none if `U ≥ k`).
+    /// `min(k − U, |line|)` of `line(snapshot)` (none if `U ≥ k`, or if the
+    /// rollout is halted: a member on the preferred versions is Unhealthy).
     #[test]
     fn retirees_are_the_head_of_the_line(
         members in prop::collection::vec(any_member(), 0..=40),
@@ -565,6 +773,8 @@ proptest! {
                         _ => None,
                     },
                     cluster: None,
+                    ready_since: Some(launch),
+                    abandoned: false,
                 })
                 .collect(),
             cluster: None,
@@ -575,16 +785,301 @@ proptest! {
             .filter(|m| {
                 // The agent knows its own pin; only the tag may be missing.
                 let age = (m.versions.as_ref() != Some(&pref)).then_some(AGE);
-                decide(&s, &m.id, &pref, &policy, age, &ImageCheck::Present)
-                    == Decision::Retire
+                decide(&s, &m.id, &pref, &policy, age, &CLEAR, T0) == Decision::Retire
             })
             .map(|m| m.id.clone())
             .collect();
         let k = policy.max_unavailable.resolve(desired);
         let budget = k.saturating_sub(unavailable(&s)) as usize;
         let l = line(&s, &pref);
+        let budget = if halted(&s, &pref, &policy, T0).is_some() { 0 } else { budget };
         let want: BTreeSet<String> = l.iter().take(budget).map(|m| m.id.clone()).collect();
         let got: BTreeSet<String> = retire.into_iter().collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Halts and rollbacks
+// ---------------------------------------------------------------------------
+
+/// Now, in the halt and rollback properties.
+const NOW: u64 = 2000;
+
+/// A member of a rollout: (launch time, on the new versions (else the old),
+/// lifecycle (0 ready, 1 booting, 2 degraded, 3 draining, 4 no versions tag),
+/// healthy, launch hook abandoned, ready since (`None`: no tag)).
+type Any = (u64, bool, u8, bool, bool, Option<u64>);
+
+fn any_rollout_member() -> impl Strategy<Value = Any> {
+    (
+        0u64..2000,
+        any::<bool>(),
+        0u8..5,
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.1),
+        prop::option::of(0u64..2000),
+    )
+}
+
+/// A snapshot of members on `old` or `new` versions.
+fn rollout_snapshot(
+    members: &[Any],
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Snapshot {
+    Snapshot {
+        desired_capacity: members.len() as u32,
+        members: members
+            .iter()
+            .enumerate()
+            .map(
+                |(i, &(launch, on_new, life, healthy, abandoned, ready_since))| MemberView {
+                    id: format!("i-{i:02}"),
+                    launch_time: launch,
+                    in_service: life != 1,
+                    healthy,
+                    berth_state: Some(
+                        ["ready", "starting", "degraded", "draining", "ready"][life as usize]
+                            .into(),
+                    ),
+                    versions: match (life, on_new) {
+                        (4, _) => None,
+                        (_, true) => Some(new.clone()),
+                        (_, false) => Some(old.clone()),
+                    },
+                    cluster: None,
+                    ready_since,
+                    abandoned,
+                },
+            )
+            .collect(),
+        cluster: None,
+    }
+}
+
+fn deadline_policy(deadline_min: u64) -> Policy {
+    Policy {
+        progress_deadline: Duration::from_secs(deadline_min * 60),
+        auto_rollback: true,
+        ..Policy::default()
+    }
+}
+
+proptest! {
+    /// `halted` names the oldest member on the preferred versions that is
+    /// Unhealthy, abandoned its launch hook, or is not ready (and not
+    /// leaving) the progress deadline after its launch; members on other
+    /// versions never matter; and while halted, nobody is told `Retire`.
+    #[test]
+    fn halted_names_the_oldest_failing_member_on_the_preferred_versions(
+        members in prop::collection::vec(any_rollout_member(), 0..=30),
+        deadline_min in 1u64..=30,
+        k in 1u32..=10,
+    ) {
+        let (old, new) = (old(), preferred());
+        let s = rollout_snapshot(&members, &old, &new);
+        let p = Policy { max_unavailable: MaxUnavailable::Count(k), ..deadline_policy(deadline_min) };
+        let deadline = deadline_min * 60;
+        let want = s
+            .members
+            .iter()
+            .filter(|m| m.versions.as_ref() == Some(&new))
+            .filter(|m| {
+                let leaving = matches!(m.berth_state.as_deref(), Some("retiring" | "draining"));
+                !m.healthy
+                    || m.abandoned
+                    || (!m.ready() && !leaving && m.launch_time + deadline <= NOW)
+            })
+            .min_by_key(|m| (m.launch_time, m.id.clone()))
+            .map(|m| m.id.clone());
+        let got = halted(&s, &new, &p, NOW);
+        prop_assert_eq!(got.as_ref().map(|h| h.member.clone()), want);
+        // Members on other versions never matter.
+        let mut others = s.clone();
+        for m in others.members.iter_mut().filter(|m| m.versions.as_ref() != Some(&new)) {
+            m.healthy = !m.healthy;
+            m.abandoned = !m.abandoned;
+            m.launch_time = 0;
+        }
+        prop_assert_eq!(halted(&others, &new, &p, NOW), got.clone());
+        if got.is_some() {
+            for m in &s.members {
+                let d = decide(&s, &m.id, &new, &p, Some(AGE), &CLEAR, NOW);
+                prop_assert!(matches!(d, Decision::Wait(_)), "{} told {:?}", m.id, d);
+            }
+        }
+    }
+}
+
+/// Components of the rollback properties.
+const COMPONENTS: [&str; 2] = ["proxy", "web"];
+
+/// Versions from one value per component.
+fn pin(vs: &[&str; 2]) -> BTreeMap<String, String> {
+    COMPONENTS
+        .iter()
+        .zip(vs)
+        .map(|(c, v)| (c.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The preferred versions the group's tags name, as `desired::resolve` reads them.
+fn preferred_of(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    COMPONENTS
+        .iter()
+        .filter_map(|c| {
+            tags.get(&format!("berth:version:{c}"))
+                .or(tags.get("berth:version"))
+                .map(|v| (c.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+/// Group tags that name `preferred`: `berth:version` (maybe) plus
+/// per-component tags where needed and, per `extra`, where not.
+fn tags_for(
+    preferred: &BTreeMap<String, String>,
+    default: Option<&str>,
+    extra: [bool; 2],
+) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::new();
+    if let Some(d) = default {
+        t.insert("berth:version".to_string(), d.to_string());
+    }
+    for (c, x) in COMPONENTS.iter().zip(extra) {
+        let v = &preferred[*c];
+        if x || default != Some(v.as_str()) {
+            t.insert(format!("berth:version:{c}"), v.clone());
+        }
+    }
+    t
+}
+
+fn version() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["1", "1.1", "2", "2.1"])
+}
+
+/// A change between two snapshots of a halted rollout: (member, what: 0
+/// retires, 1 is removed, 2 degrades, 3 recovers, 4 new member turns
+/// Unhealthy, 5 new member recovers).
+fn any_change() -> impl Strategy<Value = (Index, u8)> {
+    (any::<Index>(), 0u8..6)
+}
+
+proptest! {
+    /// Over a rollout's snapshots of any age, while the old members share
+    /// one pin, every member that would write a rollback (at most one per
+    /// snapshot: the [`rollback_writer`]) writes the same tags; those tags
+    /// make the preferred versions that pin; nobody writes when the pin's
+    /// images are missing or unknown.
+    #[test]
+    fn a_rollback_writes_one_value(
+        old_vs in (version(), version()),
+        new_vs in (version(), version()),
+        default in prop::option::of(version()),
+        extra in any::<[bool; 2]>(),
+        members in prop::collection::vec(any_rollout_member(), 1..=20),
+        changes in prop::collection::vec(any_change(), 0..30),
+    ) {
+        let old = pin(&[old_vs.0, old_vs.1]);
+        let new = pin(&[new_vs.0, new_vs.1]);
+        prop_assume!(old != new);
+        let group = tags_for(&new, default, extra);
+        prop_assert_eq!(preferred_of(&group), new.clone());
+        let p = deadline_policy(15);
+        // Every snapshot of the rollout, as the members' states change.
+        let mut s = rollout_snapshot(&members, &old, &new);
+        let mut history = vec![s.clone()];
+        for (pick, what) in changes {
+            if s.members.is_empty() {
+                break;
+            }
+            let i = pick.index(s.members.len());
+            let m = &mut s.members[i];
+            match what {
+                0 => m.berth_state = Some("retiring".into()),
+                1 => {
+                    s.members.remove(i);
+                }
+                2 => m.berth_state = Some("degraded".into()),
+                3 => {
+                    m.berth_state = Some("ready".into());
+                    m.in_service = true;
+                    m.healthy = true;
+                }
+                4 if m.versions.as_ref() == Some(&new) => m.healthy = false,
+                _ => m.healthy = true,
+            }
+            history.push(s.clone());
+        }
+        let mut written: Option<berth::rollout::Rollback> = None;
+        for snap in &history {
+            let mut writers = 0;
+            for m in &snap.members {
+                let Some(mine) = m.versions.as_ref() else { continue };
+                for images in [
+                    ImageCheck::Missing("reg/web:1".into()),
+                    ImageCheck::Unknown("registry down".into()),
+                ] {
+                    let target = RollbackTarget { versions: mine, images: &images };
+                    prop_assert_eq!(rollback(snap, &m.id, &target, &new, &group, &p, NOW), None);
+                }
+                let target = RollbackTarget { versions: mine, images: &ImageCheck::Present };
+                let Some(r) = rollback(snap, &m.id, &target, &new, &group, &p, NOW) else {
+                    continue;
+                };
+                writers += 1;
+                prop_assert!(halted(snap, &new, &p, NOW).is_some());
+                prop_assert_eq!(
+                    rollback_writer(snap, &new).map(|w| w.id.clone()),
+                    Some(m.id.clone())
+                );
+                // Applied, the tags make the old pin preferred.
+                let mut after = group.clone();
+                after.extend(r.tags.clone());
+                prop_assert_eq!(preferred_of(&after), old.clone());
+                prop_assert_eq!(after.get("berth:rolled-back-from"), Some(&r.rolled_back_from));
+                match &written {
+                    None => written = Some(r),
+                    Some(w) => prop_assert_eq!(w, &r),
+                }
+            }
+            prop_assert!(writers <= 1, "{} writers on one snapshot", writers);
+        }
+    }
+
+    /// On one snapshot with old members on different pins, at most one
+    /// member writes a rollback, and only to its own pin.
+    #[test]
+    fn one_writer_per_snapshot_whatever_the_pins(
+        members in prop::collection::vec((any_rollout_member(), version()), 1..=20),
+        new_vs in (version(), version()),
+    ) {
+        let new = pin(&[new_vs.0, new_vs.1]);
+        let group = tags_for(&new, None, [false, false]);
+        let mut s = rollout_snapshot(
+            &members.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            &new,
+            &new,
+        );
+        for (m, (_, v)) in s.members.iter_mut().zip(&members) {
+            if let Some(mine) = m.versions.as_mut() {
+                mine.insert("web".into(), v.to_string());
+            }
+        }
+        let p = deadline_policy(15);
+        let mut writers = Vec::new();
+        for m in &s.members {
+            let Some(mine) = m.versions.as_ref() else { continue };
+            let target = RollbackTarget { versions: mine, images: &ImageCheck::Present };
+            if let Some(r) = rollback(&s, &m.id, &target, &new, &group, &p, NOW) {
+                let mut after = group.clone();
+                after.extend(r.tags);
+                prop_assert_eq!(&preferred_of(&after), mine);
+                writers.push(m.id.clone());
+            }
+        }
+        prop_assert!(writers.len() <= 1, "writers: {:?}", writers);
     }
 }

@@ -16,7 +16,8 @@
 //! t = 0 its preferred version becomes `web=2`.
 //!
 //! Policy: `max_unavailable = k` (a count), `drift_grace = 0 s`, not paused,
-//! the new image present. On `Retire` a member is at once not ready
+//! the rest at their defaults (no canary, bake time or alarms), the new
+//! image present. On `Retire` a member is at once not ready
 //! (`berth:state=retiring`) and its agent stops; it drains for 30 s, is
 //! removed, and the group launches a replacement at once (`launch_time` =
 //! now, `starting`, not InService), which is ready on `web=2` 120 s later.
@@ -55,8 +56,8 @@ use std::time::{Duration, Instant};
 
 use berth::backoff::JITTER_FRACTION;
 use berth::rollout::{
-    Decision, ImageCheck, MaxUnavailable, MemberView, Observation, Policy, Snapshot, Watch,
-    unavailable,
+    AlarmCheck, Decision, ImageCheck, MaxUnavailable, MemberView, Observation, Policy, Snapshot,
+    Watch, unavailable,
 };
 
 /// From launch to ready.
@@ -214,6 +215,7 @@ impl Sim {
             preferred,
             policy: &self.policy,
             image: &ImageCheck::Present,
+            alarms: &AlarmCheck::NotConfigured,
             boot: BOOT,
             drain: DRAIN,
         })
@@ -248,6 +250,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
             max_unavailable: MaxUnavailable::Count(k),
             drift_grace: Duration::ZERO,
             paused: false,
+            ..Policy::default()
         },
         old: versions("1"),
         new: versions("2"),
@@ -273,6 +276,8 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
             berth_state: Some("ready".into()),
             versions: Some(sim.old.clone()),
             cluster: None,
+            ready_since: Some(lt),
+            abandoned: false,
         });
     }
     sim.group
@@ -291,6 +296,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
             preferred: &sim.old,
             policy: &sim.policy,
             image: &ImageCheck::Present,
+            alarms: &AlarmCheck::NotConfigured,
             boot: BOOT,
             drain: DRAIN,
         });
@@ -377,6 +383,8 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
                     berth_state: Some("starting".into()),
                     versions: Some(sim.new.clone()),
                     cluster: None,
+                    ready_since: None,
+                    abandoned: false,
                 };
                 let at = sim
                     .group
@@ -392,6 +400,7 @@ fn simulate(n: u32, k: u32, seed: u64) -> Outcome {
                 let m = &mut sim.group.members[i];
                 m.in_service = true;
                 m.berth_state = Some("ready".into());
+                m.ready_since = Some(t / 1000);
                 if sim.agents[uid].new {
                     sim.done += 1;
                 }
