@@ -345,32 +345,23 @@ impl Group {
         Ok(())
     }
 
-    /// The alarms in state `ALARM` among those named in `names` or starting
-    /// with one of `prefixes` (`DescribeAlarms`, one call per 100 names and
-    /// one per prefix, every page).
-    pub async fn firing_alarms(
+    /// The alarms each request names or prefixes, with their state value
+    /// (`OK`, `ALARM`, `INSUFFICIENT_DATA`): one `DescribeAlarms` per
+    /// request (up to 100 names, or one prefix), every page, metric and
+    /// composite alarms.
+    pub async fn alarms(
         &self,
-        names: &[String],
-        prefixes: &[String],
-    ) -> Result<Vec<String>, AwsError> {
-        use aws_sdk_cloudwatch::types::StateValue;
-        let mut requests: Vec<_> = names
-            .chunks(100)
-            .map(|c| {
-                self.cw
-                    .describe_alarms()
-                    .set_alarm_names(Some(c.to_vec()))
-                    .state_value(StateValue::Alarm)
-            })
-            .collect();
-        requests.extend(prefixes.iter().map(|p| {
-            self.cw
-                .describe_alarms()
-                .alarm_name_prefix(p)
-                .state_value(StateValue::Alarm)
-        }));
-        let mut firing = Vec::new();
-        for req in requests {
+        requests: &[crate::rollout::AlarmRequest],
+    ) -> Result<Vec<(String, String)>, AwsError> {
+        use crate::rollout::AlarmRequest;
+        let mut found = Vec::new();
+        for r in requests {
+            let req = match r {
+                AlarmRequest::Names(n) => self.cw.describe_alarms().set_alarm_names(Some(n.clone())),
+                AlarmRequest::Prefix(p) => self.cw.describe_alarms().alarm_name_prefix(p),
+            }
+            .alarm_types(aws_sdk_cloudwatch::types::AlarmType::MetricAlarm)
+            .alarm_types(aws_sdk_cloudwatch::types::AlarmType::CompositeAlarm);
             let mut token: Option<String> = None;
             loop {
                 let out = req
@@ -379,15 +370,18 @@ impl Group {
                     .send()
                     .await
                     .map_err(|e| AwsError::sdk(AwsOp::DescribeAlarms, "alarms", e))?;
-                firing.extend(
+                let pair = |n: Option<&str>, s: Option<&aws_sdk_cloudwatch::types::StateValue>| {
+                    Some((n?.to_string(), s?.as_str().to_string()))
+                };
+                found.extend(
                     out.metric_alarms()
                         .iter()
-                        .filter_map(|a| a.alarm_name().map(str::to_string)),
+                        .filter_map(|a| pair(a.alarm_name(), a.state_value())),
                 );
-                firing.extend(
+                found.extend(
                     out.composite_alarms()
                         .iter()
-                        .filter_map(|a| a.alarm_name().map(str::to_string)),
+                        .filter_map(|a| pair(a.alarm_name(), a.state_value())),
                 );
                 match out.next_token() {
                     Some(t) if !t.is_empty() => token = Some(t.to_string()),
@@ -395,9 +389,7 @@ impl Group {
                 }
             }
         }
-        firing.sort();
-        firing.dedup();
-        Ok(firing)
+        Ok(found)
     }
 }
 
@@ -453,12 +445,11 @@ pub trait GroupApi: Clone + Send + Sync + 'static {
         group: &str,
         tags: &[(String, String)],
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// The named (or prefixed) CloudWatch alarms now in `ALARM`.
-    fn firing_alarms(
+    /// The CloudWatch alarms the requests name, with their states.
+    fn alarms(
         &self,
-        names: &[String],
-        prefixes: &[String],
-    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+        requests: &[crate::rollout::AlarmRequest],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, AwsError>> + Send;
 }
 
 impl GroupApi for Group {
@@ -498,11 +489,10 @@ impl GroupApi for Group {
     async fn tag_group(&self, group: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
         Group::tag_group(self, group, tags).await
     }
-    async fn firing_alarms(
+    async fn alarms(
         &self,
-        names: &[String],
-        prefixes: &[String],
-    ) -> Result<Vec<String>, AwsError> {
-        Group::firing_alarms(self, names, prefixes).await
+        requests: &[crate::rollout::AlarmRequest],
+    ) -> Result<Vec<(String, String)>, AwsError> {
+        Group::alarms(self, requests).await
     }
 }

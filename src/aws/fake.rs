@@ -19,8 +19,8 @@ pub struct Fake {
     pub snapshot: Option<GroupSnapshot>,
     /// What `DescribeInstances` answers.
     pub instances: Vec<InstanceInfo>,
-    /// The alarms `DescribeAlarms` says are in `ALARM`.
-    pub firing: Vec<String>,
+    /// The alarms `DescribeAlarms` knows: (name, state value).
+    pub alarms: Vec<(String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -119,17 +119,22 @@ impl GroupApi for FakeGroup {
         }
         Ok(())
     }
-    async fn firing_alarms(
+    async fn alarms(
         &self,
-        names: &[String],
-        prefixes: &[String],
-    ) -> Result<Vec<String>, AwsError> {
-        self.call("DescribeAlarms", format!("{names:?} {prefixes:?}"))?;
+        requests: &[crate::rollout::AlarmRequest],
+    ) -> Result<Vec<(String, String)>, AwsError> {
+        use crate::rollout::AlarmRequest;
+        self.call("DescribeAlarms", format!("{requests:?}"))?;
         Ok(self
             .state()
-            .firing
+            .alarms
             .iter()
-            .filter(|a| names.contains(a) || prefixes.iter().any(|p| a.starts_with(p.as_str())))
+            .filter(|(a, _)| {
+                requests.iter().any(|r| match r {
+                    AlarmRequest::Names(n) => n.contains(a),
+                    AlarmRequest::Prefix(p) => a.starts_with(p.as_str()),
+                })
+            })
             .cloned()
             .collect())
     }

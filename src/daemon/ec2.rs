@@ -157,7 +157,11 @@ pub async fn tag_instance<G: GroupApi>(
     loop {
         let want = instance_state(&report.borrow_and_update());
         if tagged != Some(want) || !pin_done {
-            let since = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+            let now_s = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let since = crate::rollout::format_ready_since(now_s);
             let mut kv = vec![(tags::TAG_STATE, want.as_str())];
             if want == InstanceState::Ready {
                 kv.push((tags::TAG_READY_SINCE, since.as_str()));

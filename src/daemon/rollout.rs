@@ -68,6 +68,9 @@ struct Look {
     desired: Desired,
     drift: Vec<DriftEntry>,
     image: ImageCheck,
+    alarms: AlarmCheck,
+    /// The automatic rollback this instance writes now, if it is the writer.
+    rollback: Option<rollout::Rollback>,
 }
 
 /// The driver's clock: monotonic from its start, anchored to the wall clock
@@ -150,6 +153,13 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         loop {
             let wait = match self.look(&mut m).await {
                 Err(err) => self.unreadable(&mut m, err),
+                Ok(look) if look.rollback.is_some() => {
+                    if let Some(r) = &look.rollback {
+                        self.write_rollback(r).await;
+                    }
+                    // Look again soon: the group now prefers this pin.
+                    Duration::from_secs(5)
+                }
                 Ok(look) => match self.decide(&mut m, look, hold_until.as_ref()) {
                     Some(next) => next,
                     None => {
@@ -276,16 +286,59 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         } else {
             self.check_images(&desired, &mut m.images_present).await
         };
+        // Alarms are read only by drifted agents of a group that has them:
+        // nothing at rest. Unreadable means wait, like every other input.
+        let alarms = if drift.is_empty() || policy.halt_on_alarms.is_empty() {
+            AlarmCheck::NotConfigured
+        } else {
+            let requests = rollout::alarm_requests(&policy.halt_on_alarms);
+            match self.group.alarms(&requests).await {
+                Ok(found) => rollout::alarm_check(&policy.halt_on_alarms, &found),
+                Err(e) => AlarmCheck::Unknown(e.to_string()),
+            }
+        };
+        let snapshot = Snapshot {
+            desired_capacity: snap.desired_capacity.max(0) as u32,
+            members,
+            cluster: Some(desired.cluster.clone()),
+        };
+        let me = self.ids.instance_id.as_str();
+        let writer = policy.auto_rollback
+            && !drift.is_empty()
+            && rollout::halted(&snapshot, &desired.versions, &policy, now_s).is_some()
+            && rollout::rollback_writer(&snapshot, &desired.versions).is_some_and(|w| w.id == me);
+        let rollback = if writer {
+            // Only the writer checks that its own images still exist.
+            let versions = self.plan.versions();
+            let images = self.check_pin_images(&mut m.images_present).await;
+            let target = rollout::RollbackTarget {
+                versions: &versions,
+                images: &images,
+            };
+            let r = rollout::rollback(
+                &snapshot,
+                me,
+                &target,
+                &desired.versions,
+                &snap.tags,
+                &policy,
+                now_s,
+            );
+            if r.is_none() && images != ImageCheck::Present {
+                tracing::error!(images = ?images, "the rollout is halted, but this instance's own images cannot be confirmed in their registries: not rolling back");
+            }
+            r
+        } else {
+            None
+        };
         Ok(Look {
-            snapshot: Snapshot {
-                desired_capacity: snap.desired_capacity.max(0) as u32,
-                members,
-                cluster: Some(desired.cluster.clone()),
-            },
+            snapshot,
             policy,
             desired,
             drift,
             image,
+            alarms,
+            rollback,
         })
     }
 
@@ -319,6 +372,68 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             }
         }
         ImageCheck::Present
+    }
+
+    /// Whether this instance's own pinned images still exist in their
+    /// registries (a rollback never targets a missing image).
+    async fn check_pin_images(&self, present: &mut HashSet<String>) -> ImageCheck {
+        let Some(cluster) = self.manifest.cluster(&self.plan.cluster) else {
+            return ImageCheck::Unknown(format!(
+                "cluster {} is not in the manifest",
+                self.plan.cluster
+            ));
+        };
+        let pinned = self.plan.versions();
+        for c in &cluster.containers {
+            let Some(v) = pinned.get(&c.name) else {
+                continue;
+            };
+            let image = crate::manifest::fill_version(&c.image, v);
+            if present.contains(&image) {
+                continue;
+            }
+            match self.engine.image_in_registry(&image, c.registry_auth).await {
+                Ok(true) => {
+                    present.insert(image);
+                }
+                Ok(false) => return ImageCheck::Missing(image),
+                Err(err) => return ImageCheck::Unknown(format!("{image}: {err}")),
+            }
+        }
+        ImageCheck::Present
+    }
+
+    /// Writes an automatic rollback: the group's version tags back to this
+    /// instance's pin, and `berth:rolled-back-from`, in one call. Every
+    /// old member computes the same value, so a second writer is harmless.
+    async fn write_rollback(&self, r: &rollout::Rollback) {
+        let tags: Vec<(String, String)> = r.tags.clone().into_iter().collect();
+        let set = tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        tracing::error!(rolled_back_from = %r.rolled_back_from, set = %set, "the rollout is halted: rolling the group back to this instance's versions");
+        let result = crate::backoff::retry(
+            &AWS_CALL,
+            "CreateOrUpdateTags",
+            &self.cancel,
+            Some(Instant::now() + Duration::from_secs(60)),
+            || self.group.tag_group(&self.ids.group, &tags),
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                let note = format!(
+                    "rolled the group back from {} (the rollout halted); new members drift back and retire through the gate",
+                    r.rolled_back_from
+                );
+                self.handle.set_notes(Some(note), Vec::new());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot roll the group back: the instance profile needs autoscaling:CreateOrUpdateTags on its group (see the IAM policy in the docs); the rollout stays halted");
+            }
+        }
     }
 
     /// The group could not be read: no decision; back off.
@@ -377,9 +492,7 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             preferred: &look.desired.versions,
             policy: &look.policy,
             image: &look.image,
-            // CloudWatch is not read yet: with berth:halt-on-alarms set, the
-            // gate waits and says the alarms were not read.
-            alarms: &AlarmCheck::NotConfigured,
+            alarms: &look.alarms,
             boot: m.my_boot.unwrap_or(ASSUMED_BOOT),
             drain: drain_estimate(&self.plan),
         });
@@ -749,6 +862,85 @@ mod tests {
             "{calls:?}"
         );
         r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+
+    /// The world of an automatic rollback: this instance (`i-1`, the oldest)
+    /// is ready on `web=1`; `i-2` runs the preferred `web=2` and the group
+    /// marked it Unhealthy (its health escalation fired).
+    fn halted_world() -> FakeGroup {
+        let g = world(&[
+            ("berth:cluster", "web"),
+            ("berth:version", "2"),
+            ("berth:auto-rollback", "true"),
+        ]);
+        {
+            let mut f = g.state();
+            f.instances[1]
+                .tags
+                .insert(tags::TAG_VERSIONS.into(), "web=2".into());
+            f.instances[1]
+                .tags
+                .insert(tags::TAG_STATE.into(), "degraded".into());
+            f.snapshot.as_mut().unwrap().members[1].health_status = "Unhealthy".into();
+        }
+        g
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_halted_rollout_is_rolled_back_by_the_oldest_old_member() {
+        let g = halted_world();
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            g.calls("CreateOrUpdateTags"),
+            vec!["CreateOrUpdateTags asg berth:rolled-back-from=web=2,berth:version=1"]
+        );
+        assert_eq!(r.inbox.drained(), None, "the writer does not retire");
+        // The group now prefers this instance's pin: no drift, no second write.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(g.calls("CreateOrUpdateTags").len(), 1);
+        assert!(r.inbox.drained().is_none());
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_rollback_to_an_image_that_is_gone() {
+        let g = halted_world();
+        let engine = Fake::default();
+        engine.state().missing_images = vec!["reg/web:1".into()];
+        let r = start(&g, engine, None);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(g.calls("CreateOrUpdateTags").is_empty());
+        assert_eq!(r.inbox.drained(), None, "halted: nobody retires");
+        assert!(r.inbox.last_message().unwrap().contains("halted"));
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alarm_in_alarm_holds_the_rollout_until_it_clears() {
+        let g = world(&[
+            ("berth:cluster", "web"),
+            ("berth:version", "2"),
+            ("berth:drift-grace", "0s"),
+            ("berth:halt-on-alarms", "api-5xx,latency-*"),
+        ]);
+        g.state().alarms = vec![
+            ("api-5xx".into(), "OK".into()),
+            ("latency-p99".into(), "ALARM".into()),
+        ];
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(r.inbox.drained(), None);
+        assert!(r.inbox.last_message().unwrap().contains("latency-p99"));
+        assert!(!g.calls("DescribeAlarms").is_empty());
+        g.state().alarms[1].1 = "OK".into();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
+        r.tagged.send_replace(Some(InstanceState::Retiring));
         r.task.await.unwrap();
     }
 
