@@ -1,5 +1,6 @@
 //! Self-test of the integration-test support code in `tests/support/`:
-//! real registries, real engines, real processes, real outcomes.
+//! real registries, real engines, real processes, moto and the real AWS
+//! SDKs, real outcomes.
 
 mod support;
 
@@ -442,4 +443,43 @@ fn agent_signals_and_exit_codes() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "process {pid} survived Drop"
     );
+}
+
+// --- AWS side. Real moto, real SDKs.
+
+const GROUP_TAG: &str = "aws:autoscaling:groupName";
+
+#[test]
+fn moto_tags_many_instances_at_once_and_reads_group_tags() {
+    let moto = Moto::start();
+    let group = unique("tagged");
+    let ids = moto.create_group(&group, 3, &[("berth:version", "1")]);
+    moto.tag_instances(&ids, &[("berth:nudge", "a"), ("berth:state", "ready")]);
+    let all = moto.instances_tags(&ids);
+    assert_eq!(all.len(), 3);
+    for (id, tags) in &all {
+        assert_eq!(
+            tags.get("berth:nudge").map(String::as_str),
+            Some("a"),
+            "{id}"
+        );
+        assert_eq!(tags.get("berth:state").map(String::as_str), Some("ready"));
+        assert_eq!(tags.get(GROUP_TAG), Some(&group), "moto tags members");
+    }
+    // DeleteTags by key removes whatever the value; other tags stay.
+    moto.set_instance_tag(&ids[2], "berth:nudge", "b");
+    moto.untag_instances(&ids[1..], &["berth:nudge", "absent"]);
+    let all = moto.instances_tags(&ids);
+    assert_eq!(all[&ids[0]]["berth:nudge"], "a");
+    assert!(!all[&ids[1]].contains_key("berth:nudge"));
+    assert!(!all[&ids[2]].contains_key("berth:nudge"));
+    assert_eq!(all[&ids[2]]["berth:state"], "ready");
+    assert_eq!(moto.instance_tags(&ids[1]), all[&ids[1]]);
+    // An unknown id reads as no tags.
+    assert!(moto.instances_tags(&["i-00000000000000000"])["i-00000000000000000"].is_empty());
+
+    moto.set_group_tags(&group, &[("berth:rolled-back-from", "2")]);
+    let group_tags = moto.group_tags(&group);
+    assert_eq!(group_tags["berth:version"], "1");
+    assert_eq!(group_tags["berth:rolled-back-from"], "2");
 }

@@ -295,10 +295,27 @@ impl Moto {
     /// The EC2 tags of instance `instance_id` (`DescribeTags` filtered by
     /// resource id), including moto's `aws:autoscaling:groupName`.
     pub fn instance_tags(&self, instance_id: &str) -> BTreeMap<String, String> {
+        self.instances_tags(&[instance_id])
+            .remove(instance_id)
+            .unwrap_or_default()
+    }
+
+    /// The EC2 tags of each of `ids`, with one `DescribeTags` (all pages)
+    /// filtered on their resource ids. An id without tags (or unknown to
+    /// moto) maps to an empty set.
+    pub fn instances_tags<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
         let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
         block_on(async move {
             let ec2 = aws_sdk_ec2::Client::new(&cfg);
-            let mut tags = BTreeMap::new();
+            let mut tags: BTreeMap<String, BTreeMap<String, String>> =
+                ids.iter().map(|id| (id.clone(), BTreeMap::new())).collect();
+            if ids.is_empty() {
+                return tags;
+            }
             let mut next: Option<String> = None;
             loop {
                 let out = ec2
@@ -306,7 +323,7 @@ impl Moto {
                     .filters(
                         aws_sdk_ec2::types::Filter::builder()
                             .name("resource-id")
-                            .values(instance_id)
+                            .set_values(Some(ids.clone()))
                             .build(),
                     )
                     .set_next_token(next.take())
@@ -314,15 +331,17 @@ impl Moto {
                     .await
                     .unwrap_or_else(|e| {
                         panic!(
-                            "instance_tags({instance_id}): DescribeTags: {}",
+                            "instances_tags({ids:?}): DescribeTags: {}",
                             DisplayErrorContext(&e)
                         )
                     });
                 for t in out.tags() {
-                    tags.insert(
-                        t.key().unwrap_or_default().to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    );
+                    tags.entry(t.resource_id().unwrap_or_default().to_string())
+                        .or_default()
+                        .insert(
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        );
                 }
                 match out.next_token() {
                     Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -334,22 +353,55 @@ impl Moto {
 
     /// Sets the EC2 tag `key=value` on instance `instance_id` (`CreateTags`).
     pub fn set_instance_tag(&self, instance_id: &str, key: &str, value: &str) {
+        self.tag_instances(&[instance_id], &[(key, value)]);
+    }
+
+    /// Adds or overwrites `tags` on every instance of `ids` with one
+    /// `CreateTags` call, as an operator (or `berth fleet`) would. Panics on
+    /// failure.
+    pub fn tag_instances<S: AsRef<str>>(&self, ids: &[S], tags: &[(&str, &str)]) {
         let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = tags
+            .iter()
+            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+            .collect();
         block_on(async move {
             aws_sdk_ec2::Client::new(&cfg)
                 .create_tags()
-                .resources(instance_id)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(key)
-                        .value(value)
-                        .build(),
-                )
+                .set_resources(Some(ids.clone()))
+                .set_tags(Some(tags))
                 .send()
                 .await
                 .unwrap_or_else(|e| {
                     panic!(
-                        "set_instance_tag({instance_id}, {key}): CreateTags: {}",
+                        "tag_instances({ids:?}): CreateTags: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// Removes the tags `keys` (whatever their values) from every instance of
+    /// `ids` with one `DeleteTags` call. Absent keys are no error. Panics on
+    /// failure.
+    pub fn untag_instances<S: AsRef<str>>(&self, ids: &[S], keys: &[&str]) {
+        let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = keys
+            .iter()
+            .map(|k| aws_sdk_ec2::types::Tag::builder().key(*k).build())
+            .collect();
+        block_on(async move {
+            aws_sdk_ec2::Client::new(&cfg)
+                .delete_tags()
+                .set_resources(Some(ids.clone()))
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "untag_instances({ids:?}): DeleteTags: {}",
                         DisplayErrorContext(&e)
                     )
                 });
