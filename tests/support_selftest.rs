@@ -4,11 +4,14 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
+
+use aws_config::imds::client::Client as ImdsClient;
+use aws_config::imds::client::error::ImdsError;
 
 use support::*;
 
@@ -445,7 +448,7 @@ fn agent_signals_and_exit_codes() {
     );
 }
 
-// --- AWS side. Real moto, real SDKs.
+// --- AWS side: moto's EC2 tags and live IMDS tags. Real moto, real SDKs.
 
 const GROUP_TAG: &str = "aws:autoscaling:groupName";
 
@@ -482,4 +485,120 @@ fn moto_tags_many_instances_at_once_and_reads_group_tags() {
     let group_tags = moto.group_tags(&group);
     assert_eq!(group_tags["berth:version"], "1");
     assert_eq!(group_tags["berth:rolled-back-from"], "2");
+}
+
+/// GETs `path` the way the agent does (the SDK's IMDSv2 client): the value,
+/// or the HTTP status of an error answer.
+async fn imds_get(client: &ImdsClient, path: &str) -> Result<String, u16> {
+    match client.get(path).await {
+        Ok(v) => Ok(v.as_ref().to_string()),
+        Err(ImdsError::ErrorResponse(r)) => Err(r.response().status().as_u16()),
+        Err(e) => panic!("IMDS GET {path}: {e}"),
+    }
+}
+
+fn imds_client(imds: &Imds) -> ImdsClient {
+    ImdsClient::builder()
+        .endpoint(imds.url())
+        .expect("a valid IMDS endpoint")
+        .max_attempts(1)
+        .build()
+}
+
+#[tokio::test]
+async fn imds_serves_the_instances_tags_live_from_moto() {
+    let moto = Moto::start();
+    let group = unique("live");
+    let ids = moto.create_group(&group, 2, &[]);
+    let imds = Imds::start(ImdsConfig {
+        instance_id: ids[0].clone(),
+        tags: BTreeMap::from([(GROUP_TAG.to_string(), group.clone())]),
+        tags_enabled: true,
+        live_tags_from: Some(moto.url()),
+        ..Default::default()
+    });
+    let client = imds_client(&imds);
+    let keys = "/latest/meta-data/tags/instance";
+    let nudge = "/latest/meta-data/tags/instance/berth:nudge";
+    let group_path = format!("/latest/meta-data/tags/instance/{GROUP_TAG}");
+
+    // moto's own tags of the instance, the group's name among them.
+    let listed = imds_get(&client, keys).await.expect("the key list");
+    let moto_keys: Vec<String> = moto.instance_tags(&ids[0]).into_keys().collect();
+    assert_eq!(listed.split('\n').collect::<Vec<_>>(), moto_keys);
+    assert!(moto_keys.iter().any(|k| k == GROUP_TAG), "{moto_keys:?}");
+    assert_eq!(imds_get(&client, &group_path).await, Ok(group.clone()));
+    assert_eq!(imds_get(&client, nudge).await, Err(404));
+
+    // CreateTags on moto shows at the next GET, with no restart; a tag on
+    // another instance does not.
+    moto.tag_instances(&ids, &[("berth:nudge", "1")]);
+    assert_eq!(imds_get(&client, nudge).await, Ok("1".to_string()));
+    moto.tag_instances(&ids[1..], &[("berth:nudge", "2"), ("only", "theirs")]);
+    assert_eq!(imds_get(&client, nudge).await, Ok("1".to_string()));
+    assert_eq!(
+        imds_get(&client, "/latest/meta-data/tags/instance/only").await,
+        Err(404)
+    );
+    moto.set_instance_tag(&ids[0], "berth:nudge", "3");
+    assert_eq!(imds_get(&client, nudge).await, Ok("3".to_string()));
+    let listed = imds_get(&client, keys).await.expect("the key list");
+    assert!(listed.split('\n').any(|k| k == "berth:nudge"), "{listed}");
+
+    // DeleteTags: gone from the value and from the list.
+    moto.untag_instances(&ids[..1], &["berth:nudge"]);
+    assert_eq!(imds_get(&client, nudge).await, Err(404));
+    let listed = imds_get(&client, keys).await.expect("the key list");
+    assert!(!listed.split('\n').any(|k| k == "berth:nudge"), "{listed}");
+
+    // The group's name is served even when moto does not hold it.
+    moto.untag_instances(&ids[..1], &[GROUP_TAG]);
+    assert!(!moto.instance_tags(&ids[0]).contains_key(GROUP_TAG));
+    assert_eq!(imds_get(&client, &group_path).await, Ok(group.clone()));
+
+    // Still IMDSv2 only: no token, no tags.
+    let addr = format!("127.0.0.1:{}", imds.port());
+    let r = http_request(&addr, "GET", nudge, &[], b"").expect("IMDS answers");
+    assert_eq!(r.status, 401);
+    let r = http_request(
+        &addr,
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        b"",
+    )
+    .expect("IMDS answers");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-aws-ec2-metadata-token-ttl-seconds"), Some("60"));
+    let token = r.text();
+    let r = http_request(
+        &addr,
+        "GET",
+        &group_path,
+        &[("X-aws-ec2-metadata-token", &token)],
+        b"",
+    )
+    .expect("IMDS answers");
+    assert_eq!((r.status, r.text()), (200, group.clone()));
+
+    // InstanceMetadataTags=disabled: every tag path is 404, whatever moto holds.
+    moto.set_instance_tag(&ids[0], "berth:nudge", "4");
+    imds.set_tags_enabled(false);
+    assert_eq!(imds_get(&client, keys).await, Err(404));
+    assert_eq!(imds_get(&client, nudge).await, Err(404));
+    assert_eq!(imds_get(&client, &group_path).await, Err(404));
+    imds.set_tags_enabled(true);
+    assert_eq!(imds_get(&client, nudge).await, Ok("4".to_string()));
+    assert_eq!(imds.live_tag_failures(), 0);
+
+    // moto gone: the last tags read are served, and the failure is counted.
+    drop(moto);
+    assert_eq!(imds_get(&client, nudge).await, Ok("4".to_string()));
+    assert_eq!(imds.live_tag_failures(), 1);
+    assert!(
+        imds.last_live_tag_failure()
+            .is_some_and(|e| e.contains("DescribeTags")),
+        "{:?}",
+        imds.last_live_tag_failure()
+    );
 }

@@ -46,7 +46,7 @@ use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use tempfile::TempDir;
 
-use super::http::request;
+use super::http::{request, request_within};
 use super::util::{ExitGuard, free_port, keep_artifacts, kill_child, tail_file};
 
 /// The region everything runs in.
@@ -605,6 +605,168 @@ async fn group_instance_ids(asg: &aws_sdk_autoscaling::Client, name: &str) -> Ve
         .iter()
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect()
+}
+
+/// The `Authorization` header of a raw request for `service` (a SigV4
+/// signing name: `ec2`, `autoscaling`, `monitoring`). moto routes a request
+/// by the credential scope in it and checks no signature, so this is all a
+/// raw request needs (without it, moto takes the request for S3).
+pub(crate) fn moto_authorization(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=test/20260101/{MOTO_REGION}/{service}/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    )
+}
+
+/// The EC2 tags of `instance_id` as moto holds them now, read with raw
+/// query-protocol `DescribeTags` calls (all pages) to `addr` (`host:port`),
+/// each within `io_timeout`. Light enough to run per IMDS request.
+pub(crate) fn instance_tags_raw(
+    addr: &str,
+    instance_id: &str,
+    io_timeout: Duration,
+) -> Result<BTreeMap<String, String>, String> {
+    let auth = moto_authorization("ec2");
+    let mut tags = BTreeMap::new();
+    let mut next: Option<String> = None;
+    for _ in 0..100 {
+        let mut params = vec![
+            ("Action", "DescribeTags"),
+            ("Version", "2016-11-15"),
+            ("Filter.1.Name", "resource-id"),
+            ("Filter.1.Value.1", instance_id),
+        ];
+        if let Some(token) = &next {
+            params.push(("NextToken", token));
+        }
+        let resp = request_within(
+            addr,
+            "POST",
+            "/",
+            &[
+                ("Authorization", &auth),
+                (
+                    "Content-Type",
+                    "application/x-www-form-urlencoded; charset=utf-8",
+                ),
+            ],
+            form_encode(&params).as_bytes(),
+            false,
+            io_timeout,
+        )
+        .map_err(|e| format!("DescribeTags({instance_id}) on {addr}: {e}"))?;
+        let body = resp.text();
+        if resp.status != 200 {
+            return Err(format!(
+                "DescribeTags({instance_id}) on {addr} answered {}: {body}",
+                resp.status
+            ));
+        }
+        for item in xml_elements(&body, "item") {
+            if xml_child(item, "resourceId").as_deref() != Some(instance_id) {
+                continue;
+            }
+            if let Some(key) = xml_child(item, "key") {
+                tags.insert(key, xml_child(item, "value").unwrap_or_default());
+            }
+        }
+        match xml_child(&body, "nextToken") {
+            Some(t) if !t.is_empty() => next = Some(t),
+            _ => return Ok(tags),
+        }
+    }
+    Err(format!(
+        "DescribeTags({instance_id}) on {addr}: more than 100 pages"
+    ))
+}
+
+/// `application/x-www-form-urlencoded` of `params`.
+pub(crate) fn form_encode(params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The inner text of every `<name>...</name>` element of `xml`, in order
+/// (not nested in each other; enough for flat AWS lists like `tagSet`).
+fn xml_elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+/// The unescaped text of the first `<name>` element of `xml` (`<name/>` is
+/// the empty string), or `None` if there is none.
+fn xml_child(xml: &str, name: &str) -> Option<String> {
+    let (open, empty) = (format!("<{name}>"), format!("<{name}/>"));
+    match (xml.find(&open), xml.find(&empty)) {
+        (Some(o), Some(e)) if e < o => Some(String::new()),
+        (Some(o), _) => {
+            let after = &xml[o + open.len()..];
+            let end = after.find(&format!("</{name}>"))?;
+            Some(xml_unescape(&after[..end]))
+        }
+        (None, Some(_)) => Some(String::new()),
+        (None, None) => None,
+    }
+}
+
+/// Resolves the five predefined XML entities and numeric character references.
+fn xml_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let Some(semi) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn log_path(dir: &Path) -> PathBuf {
