@@ -448,7 +448,8 @@ fn agent_signals_and_exit_codes() {
     );
 }
 
-// --- AWS side: moto's EC2 tags and live IMDS tags. Real moto, real SDKs.
+// --- AWS side: moto's EC2 tags, live IMDS tags, moto's CloudWatch alarms.
+// Real moto, real SDKs.
 
 const GROUP_TAG: &str = "aws:autoscaling:groupName";
 
@@ -601,4 +602,75 @@ async fn imds_serves_the_instances_tags_live_from_moto() {
         "{:?}",
         imds.last_live_tag_failure()
     );
+}
+
+fn states(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn moto_cloudwatch_alarms_states_and_describe_filters() {
+    let moto = Moto::start();
+    for name in ["app-a", "app-b", "other-c"] {
+        moto.put_metric_alarm(name);
+    }
+    // moto starts alarms in OK (AWS: INSUFFICIENT_DATA) and never evaluates them.
+    assert_eq!(
+        moto.alarm_states(),
+        states(&[("app-a", "OK"), ("app-b", "OK"), ("other-c", "OK")])
+    );
+    moto.set_alarm_state("app-a", "ALARM");
+    moto.set_alarm_state("other-c", "ALARM");
+    let describe = |input: serde_json::Value| {
+        let (status, body) = moto.cloudwatch("DescribeAlarms", input.clone());
+        assert_eq!(status, 200, "DescribeAlarms {input}: {body}");
+        alarm_states_of(&body)
+    };
+    assert_eq!(
+        describe(serde_json::json!({"AlarmNames": ["app-a", "app-b", "nope"]})),
+        states(&[("app-a", "ALARM"), ("app-b", "OK")])
+    );
+    assert_eq!(
+        describe(serde_json::json!({"AlarmNamePrefix": "app-"})),
+        states(&[("app-a", "ALARM"), ("app-b", "OK")])
+    );
+    assert_eq!(
+        describe(serde_json::json!({"StateValue": "ALARM"})),
+        states(&[("app-a", "ALARM"), ("other-c", "ALARM")])
+    );
+    // moto's quirk: next to names or a prefix, StateValue is ignored
+    // (AWS would answer app-a alone).
+    assert_eq!(
+        describe(serde_json::json!({"AlarmNames": ["app-a", "app-b"], "StateValue": "ALARM"})),
+        states(&[("app-a", "ALARM"), ("app-b", "OK")])
+    );
+    assert_eq!(
+        describe(serde_json::json!({"AlarmNamePrefix": "app-", "StateValue": "OK"})),
+        states(&[("app-a", "ALARM"), ("app-b", "OK")])
+    );
+    moto.set_alarm_state("app-a", "OK");
+    assert_eq!(
+        describe(serde_json::json!({"StateValue": "ALARM"})),
+        states(&[("other-c", "ALARM")])
+    );
+
+    // Errors, and what moto lacks.
+    let (status, body) = moto.cloudwatch(
+        "SetAlarmState",
+        serde_json::json!({"AlarmName": "nope", "StateValue": "ALARM", "StateReason": "t"}),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["__type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("#ResourceNotFound"))
+    );
+    let (status, _) = moto.cloudwatch(
+        "PutCompositeAlarm",
+        serde_json::json!({"AlarmName": "both", "AlarmRule": "ALARM(app-a)"}),
+    );
+    assert_eq!(status, 500, "moto grew PutCompositeAlarm");
 }

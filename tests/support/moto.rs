@@ -1,7 +1,7 @@
 //! A private moto server (`python3 -m moto.server`, moto 5.2.1) on a free
-//! loopback port: fake Auto Scaling, EC2 and ECR APIs for the AWS side of
-//! berth. Each [`Moto`] is its own process with its own state, so parallel
-//! tests never see each other's groups.
+//! loopback port: fake Auto Scaling, EC2, CloudWatch and ECR APIs for the
+//! AWS side of berth, all on one port. Each [`Moto`] is its own process with
+//! its own state, so parallel tests never see each other's groups.
 //!
 //! [`Moto::sdk_config`] gives an `SdkConfig` for the Rust SDK (region
 //! `us-east-1`, static `test` credentials, endpoint = moto) and
@@ -30,10 +30,22 @@
 //!   requests land in its S3 backend.
 //! * ECR `GetAuthorizationToken` returns base64 `AWS:123456789012-auth-token`
 //!   (see [`MOTO_ECR_USER`], [`MOTO_ECR_PASSWORD`]).
+//! * CloudWatch speaks the query and AWS JSON 1.0 protocols only, not the
+//!   Smithy RPC v2 CBOR protocol that `aws-sdk-cloudwatch` 1.x sends (moto
+//!   answers 404 to its `/service/.../operation/...` paths): the CloudWatch
+//!   helpers here use JSON.
+//! * `DescribeAlarms` applies one filter only, the first present of
+//!   `ActionPrefix`, `AlarmNamePrefix`, `AlarmNames`, `StateValue`: with
+//!   names or a prefix, `StateValue` is ignored (AWS applies both).
+//!   `AlarmTypes`, `MaxRecords` and `NextToken` are ignored.
+//! * A new metric alarm starts in `OK` (AWS: `INSUFFICIENT_DATA`), and moto
+//!   never evaluates alarms: a state set by `SetAlarmState` stays.
+//!   `PutCompositeAlarm` is not implemented (HTTP 500).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -46,7 +58,7 @@ use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use tempfile::TempDir;
 
-use super::http::{request, request_within};
+use super::http::{HttpResponse, request, request_within};
 use super::util::{ExitGuard, free_port, keep_artifacts, kill_child, tail_file};
 
 /// The region everything runs in.
@@ -63,6 +75,11 @@ pub const MOTO_ECR_USER: &str = "AWS";
 pub const MOTO_ECR_PASSWORD: &str = "123456789012-auth-token";
 
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline for one exchange of a raw (non-SDK) helper call.
+const RAW_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// CloudWatch's `X-Amz-Target` prefix in the AWS JSON 1.0 protocol, and the
+/// service name in the Smithy RPC v2 CBOR paths.
+pub const CLOUDWATCH_TARGET_PREFIX: &str = "GraniteServiceVersion20100801";
 
 /// A running moto server with its log in a temp dir. Dropping it kills the
 /// process (SIGKILL) and deletes the dir.
@@ -408,6 +425,68 @@ impl Moto {
         })
     }
 
+    /// Calls the CloudWatch `operation` (e.g. `DescribeAlarms`) on moto with
+    /// the AWS JSON 1.0 protocol and `input` as the body; returns the status
+    /// and the answer's JSON (`null` if the body is not JSON, e.g. moto's
+    /// HTML 500 for an operation it lacks). Panics if moto cannot be reached.
+    pub fn cloudwatch(
+        &self,
+        operation: &str,
+        input: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = cloudwatch_json_call(&self.addr(), operation, &input, RAW_CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("CloudWatch {operation} on moto {}: {e}", self.url()));
+        let body = serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
+        (resp.status, body)
+    }
+
+    /// Creates or replaces the metric alarm `name` (`PutMetricAlarm`: the
+    /// average of `berth-test/Errors` over 60 s greater than 1, one
+    /// evaluation period). moto starts it in `OK`. Panics on failure.
+    pub fn put_metric_alarm(&self, name: &str) {
+        let (status, body) = self.cloudwatch(
+            "PutMetricAlarm",
+            serde_json::json!({
+                "AlarmName": name,
+                "Namespace": "berth-test",
+                "MetricName": "Errors",
+                "Statistic": "Average",
+                "Period": 60,
+                "EvaluationPeriods": 1,
+                "Threshold": 1.0,
+                "ComparisonOperator": "GreaterThanThreshold",
+            }),
+        );
+        assert_eq!(status, 200, "put_metric_alarm({name}): {body}");
+    }
+
+    /// Sets the state of alarm `name` (`SetAlarmState`): `ALARM`, `OK` or
+    /// `INSUFFICIENT_DATA`. moto keeps it until the next call. Panics on
+    /// failure (e.g. an unknown alarm: 404 `ResourceNotFound`).
+    pub fn set_alarm_state(&self, name: &str, state: &str) {
+        let (status, body) = self.cloudwatch(
+            "SetAlarmState",
+            serde_json::json!({
+                "AlarmName": name,
+                "StateValue": state,
+                "StateReason": "set by a test",
+            }),
+        );
+        assert_eq!(status, 200, "set_alarm_state({name}, {state}): {body}");
+    }
+
+    /// Every metric alarm and its `StateValue` (`DescribeAlarms` without
+    /// filters). Panics on failure.
+    pub fn alarm_states(&self) -> BTreeMap<String, String> {
+        let (status, body) = self.cloudwatch("DescribeAlarms", serde_json::json!({}));
+        assert_eq!(status, 200, "alarm_states: DescribeAlarms: {body}");
+        alarm_states_of(&body)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// `HealthStatus` of `instance_id` (`Healthy`/`Unhealthy`) from
     /// `DescribeAutoScalingInstances`. Panics if the instance is not a member
     /// of `group`.
@@ -607,6 +686,22 @@ async fn group_instance_ids(asg: &aws_sdk_autoscaling::Client, name: &str) -> Ve
         .collect()
 }
 
+/// `AlarmName` → `StateValue` of the `MetricAlarms` and `CompositeAlarms`
+/// of a JSON `DescribeAlarms` answer.
+pub fn alarm_states_of(describe_alarms: &serde_json::Value) -> BTreeMap<String, String> {
+    ["MetricAlarms", "CompositeAlarms"]
+        .iter()
+        .filter_map(|list| describe_alarms[list].as_array())
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["AlarmName"].as_str()?.to_string(),
+                a["StateValue"].as_str().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// The `Authorization` header of a raw request for `service` (a SigV4
 /// signing name: `ec2`, `autoscaling`, `monitoring`). moto routes a request
 /// by the credential scope in it and checks no signature, so this is all a
@@ -615,6 +710,32 @@ pub(crate) fn moto_authorization(service: &str) -> String {
     format!(
         "AWS4-HMAC-SHA256 Credential=test/20260101/{MOTO_REGION}/{service}/aws4_request, \
          SignedHeaders=host, Signature=0"
+    )
+}
+
+/// POSTs a CloudWatch AWS JSON 1.0 request to `addr` (`host:port` of a moto
+/// server) and reads the answer within `io_timeout`.
+pub(crate) fn cloudwatch_json_call(
+    addr: &str,
+    operation: &str,
+    input: &serde_json::Value,
+    io_timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let target = format!("{CLOUDWATCH_TARGET_PREFIX}.{operation}");
+    let auth = moto_authorization("monitoring");
+    let body = serde_json::to_vec(input).map_err(io::Error::other)?;
+    request_within(
+        addr,
+        "POST",
+        "/",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("X-Amz-Target", &target),
+        ],
+        &body,
+        false,
+        io_timeout,
     )
 }
 
