@@ -33,11 +33,12 @@
 //! * CloudWatch speaks the query and AWS JSON 1.0 protocols only, not the
 //!   Smithy RPC v2 CBOR protocol that `aws-sdk-cloudwatch` 1.x sends (moto
 //!   answers 404 to its `/service/.../operation/...` paths): the CloudWatch
-//!   helpers here use JSON.
+//!   helpers here use JSON, and agents reach CloudWatch through a
+//!   [`super::LifecycleProxy`], which translates.
 //! * `DescribeAlarms` applies one filter only, the first present of
 //!   `ActionPrefix`, `AlarmNamePrefix`, `AlarmNames`, `StateValue`: with
-//!   names or a prefix, `StateValue` is ignored (AWS applies both).
-//!   `AlarmTypes`, `MaxRecords` and `NextToken` are ignored.
+//!   names or a prefix, `StateValue` is ignored (AWS applies both; the proxy
+//!   does too). `AlarmTypes`, `MaxRecords` and `NextToken` are ignored.
 //! * A new metric alarm starts in `OK` (AWS: `INSUFFICIENT_DATA`), and moto
 //!   never evaluates alarms: a state set by `SetAlarmState` stays.
 //!   `PutCompositeAlarm` is not implemented (HTTP 500).
