@@ -258,6 +258,7 @@ fn imds_with_tags() -> Imds {
             ("berth:manifest".to_string(), "s3://b/m.toml".to_string()),
         ]),
         tags_enabled: false,
+        live_tags_from: None,
     })
 }
 

@@ -6,6 +6,13 @@
 //! replacements synchronously when an instance is terminated): it starts an
 //! agent for every instance the group launches and stops the agent (and
 //! removes the containers) of every instance it terminates, as EC2 would.
+//!
+//! [`FleetOptions`] choose what the members' IMDS serves under
+//! `tags/instance` (by default each instance's current tags in moto, live)
+//! and which APIs the agents reach through [`Fleet::proxy`] (counted,
+//! faultable; by default Auto Scaling and CloudWatch, while EC2 goes straight
+//! to moto). The harness's own calls ([`Fleet::nudge_all`], the tag readers)
+//! go straight to moto and are never counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +22,50 @@ use std::time::Duration;
 
 use super::fixture::Fx;
 use super::imds::{Imds, ImdsConfig};
-use super::lifecycle_proxy::LifecycleProxy;
+use super::lifecycle_proxy::{LifecycleProxy, Service};
 use super::moto::{Moto, env_refs};
 use super::{Agent, unique};
+
+/// The instance tag an operator sets on members to make their agents look
+/// at the group now.
+pub const NUDGE_TAG: &str = "berth:nudge";
+
+/// What a member's IMDS serves under `/latest/meta-data/tags/instance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetadataTags {
+    /// Instance-metadata tags enabled: the instance's current tags in moto,
+    /// read at every request (so `CreateTags`/`DeleteTags` show at once),
+    /// over `aws:autoscaling:groupName` (served even should moto not hold
+    /// it). This serves the group name as the fleet always has.
+    #[default]
+    Live,
+    /// `InstanceMetadataTags=disabled`: every tag path is 404, so agents
+    /// must find their group (and any nudge) another way.
+    Disabled,
+}
+
+/// How a [`Fleet`] is set up; `FleetOptions::default()` is what
+/// [`Fleet::start`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// What the members' IMDS serves as instance tags.
+    pub metadata_tags: MetadataTags,
+    /// The APIs the agents reach through [`Fleet::proxy`]; the others go to
+    /// moto directly. Default: Auto Scaling and CloudWatch (which must be
+    /// proxied: moto cannot read the SDK's CBOR). Add [`Service::Ec2`] to
+    /// count `CreateTags`/`DescribeInstances` or inject faults into EC2
+    /// (then [`super::Fault::Throttle`] and `Unavailable` hit EC2 too).
+    pub proxied: Vec<Service>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            metadata_tags: MetadataTags::Live,
+            proxied: vec![Service::AutoScaling, Service::CloudWatch],
+        }
+    }
+}
 
 /// One member: its IMDS, its world, its agent (None once stopped).
 pub struct Member {
@@ -35,8 +83,8 @@ struct Shared {
     logs: Mutex<BTreeMap<String, String>>,
 }
 
-/// The fleet: moto, the proxy the agents use for Auto Scaling, the group,
-/// and its members' agents.
+/// The fleet: moto, the proxy the agents use (see [`FleetOptions::proxied`]),
+/// the group, and its members' agents.
 pub struct Fleet {
     pub moto: Arc<Moto>,
     pub proxy: Arc<LifecycleProxy>,
@@ -45,11 +93,17 @@ pub struct Fleet {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     config: Arc<(String, String)>,
+    options: Arc<FleetOptions>,
 }
 
-fn env_for(moto: &Moto, proxy: &LifecycleProxy, imds: &Imds) -> Vec<(String, String)> {
+fn env_for(
+    moto: &Moto,
+    proxy: &LifecycleProxy,
+    imds: &Imds,
+    options: &FleetOptions,
+) -> Vec<(String, String)> {
     let mut env = moto.env();
-    env.extend(proxy.env());
+    env.extend(proxy.env_for(&options.proxied));
     env.extend(imds.env());
     env
 }
@@ -60,15 +114,17 @@ fn start_member(
     group: &str,
     id: &str,
     config: &(String, String),
+    options: &FleetOptions,
 ) -> Member {
     let imds = Imds::start(ImdsConfig {
         instance_id: id.to_string(),
         tags: BTreeMap::from([("aws:autoscaling:groupName".to_string(), group.to_string())]),
-        tags_enabled: true,
+        tags_enabled: options.metadata_tags == MetadataTags::Live,
+        live_tags_from: (options.metadata_tags == MetadataTags::Live).then(|| moto.url()),
         ..Default::default()
     });
     let fx = Fx::new(&config.0, &config.1, "unused");
-    let env = env_for(moto, proxy, &imds);
+    let env = env_for(moto, proxy, &imds, options);
     let agent = fx.agent_ec2(&env_refs(&env));
     Member {
         imds,
@@ -80,7 +136,20 @@ fn start_member(
 impl Fleet {
     /// A group of `size` members with `tags`; every member runs `containers`
     /// (TOML of `[[clusters.web.containers]]`) with `agent_extra` in `[agent]`.
+    /// With [`FleetOptions::default`].
     pub fn start(size: i32, tags: &[(&str, &str)], containers: &str, agent_extra: &str) -> Fleet {
+        Fleet::start_with(FleetOptions::default(), size, tags, containers, agent_extra)
+    }
+
+    /// [`Fleet::start`] with `options`.
+    pub fn start_with(
+        options: FleetOptions,
+        size: i32,
+        tags: &[(&str, &str)],
+        containers: &str,
+        agent_extra: &str,
+    ) -> Fleet {
+        let options = Arc::new(options);
         let moto = Arc::new(Moto::start());
         let group = unique("fleet");
         let mut all = vec![("berth:cluster", "web")];
@@ -99,13 +168,14 @@ impl Fleet {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (moto, proxy, group, shared, stop, config) = (
+            let (moto, proxy, group, shared, stop, config, options) = (
                 moto.clone(),
                 proxy.clone(),
                 group.clone(),
                 shared.clone(),
                 stop.clone(),
                 config.clone(),
+                options.clone(),
             );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
@@ -114,7 +184,7 @@ impl Fleet {
                     let known: BTreeSet<String> =
                         shared.members.lock().unwrap().keys().cloned().collect();
                     for id in now.difference(&known) {
-                        let m = start_member(&moto, &proxy, &group, id, &config);
+                        let m = start_member(&moto, &proxy, &group, id, &config, &options);
                         shared.seen.lock().unwrap().push(id.clone());
                         shared.members.lock().unwrap().insert(id.clone(), m);
                     }
@@ -141,7 +211,13 @@ impl Fleet {
             stop,
             thread: Some(thread),
             config,
+            options,
         }
+    }
+
+    /// The options this fleet was started with.
+    pub fn options(&self) -> &FleetOptions {
+        &self.options
     }
 
     /// Current member ids (as the harness follows them).
@@ -224,7 +300,7 @@ impl Fleet {
             if let Some(mut a) = m.agent.take() {
                 a.kill();
             }
-            env_for(&self.moto, &self.proxy, &m.imds)
+            env_for(&self.moto, &self.proxy, &m.imds, &self.options)
         });
         if let Some(env) = env_and_fx {
             self.with_member(id, |m| m.agent = Some(m.fx.agent_ec2(&env_refs(&env))));
@@ -234,6 +310,36 @@ impl Fleet {
     /// The containers TOML and `[agent]` extra this fleet runs.
     pub fn config(&self) -> (String, String) {
         (*self.config).clone()
+    }
+
+    /// Sets [`NUDGE_TAG`] to `value` on every member of the group (as moto
+    /// has them now) with one `CreateTags` call, the way an operator would,
+    /// straight to moto (not counted by the proxy). Returns the ids tagged.
+    pub fn nudge_all(&self, value: &str) -> Vec<String> {
+        let ids = self.moto.group_instance_ids(&self.group);
+        if !ids.is_empty() {
+            self.moto.tag_instances(&ids, &[(NUDGE_TAG, value)]);
+        }
+        ids
+    }
+
+    /// The EC2 tags of every member of the group (as moto has them now),
+    /// e.g. `berth:state`, `berth:ready-since`, `berth:versions`, read with
+    /// one `DescribeTags`.
+    pub fn member_tags(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let ids = self.moto.group_instance_ids(&self.group);
+        self.moto.instances_tags(&ids)
+    }
+
+    /// The EC2 tags of instance `id` (a member or a terminated one).
+    pub fn instance_tags(&self, id: &str) -> BTreeMap<String, String> {
+        self.moto.instance_tags(id)
+    }
+
+    /// The group's tags, e.g. `berth:version` and, after an automatic
+    /// rollback, `berth:rolled-back-from`.
+    pub fn group_tags(&self) -> BTreeMap<String, String> {
+        self.moto.group_tags(&self.group)
     }
 }
 

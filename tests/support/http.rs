@@ -96,6 +96,19 @@ pub(crate) fn request(
     body: &[u8],
     http10: bool,
 ) -> io::Result<HttpResponse> {
+    request_within(addr, method, path, headers, body, http10, IO_TIMEOUT)
+}
+
+/// [`request`] with `io_timeout` instead of 15 s for the exchange.
+pub(crate) fn request_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    http10: bool,
+    io_timeout: Duration,
+) -> io::Result<HttpResponse> {
     let method = Method::from_bytes(method.as_bytes()).map_err(io::Error::other)?;
     let mut req = Request::builder()
         .method(method.clone())
@@ -119,7 +132,7 @@ pub(crate) fn request(
     let req = req
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(io::Error::other)?;
-    send(addr, req, IO_TIMEOUT)
+    send(addr, req, io_timeout)
 }
 
 /// Sends `req` as is over a fresh connection to `addr` (`host:port`) and

@@ -12,19 +12,33 @@
 //! * Paths: `/latest/meta-data/instance-id`, `.../instance-type`
 //!   (`t3.micro`), `.../placement/region`, `.../placement/availability-zone`,
 //!   `.../tags/instance` (newline-separated keys) and
-//!   `.../tags/instance/KEY` (both 404 unless instance-metadata tags are
-//!   enabled), `.../autoscaling/target-lifecycle-state` (default
+//!   `.../tags/instance/KEY` (the value; both 404 unless instance-metadata
+//!   tags are enabled, as with `InstanceMetadataTags=disabled`; an absent
+//!   key is 404), `.../autoscaling/target-lifecycle-state` (default
 //!   `InService`), `.../spot/instance-action` (404 unless set),
 //!   `/latest/dynamic/instance-identity/document` (JSON, account
 //!   `123456789012`). `.../iam/security-credentials/` is 404, so the SDK
 //!   falls back to the environment's credentials. Anything else is 404;
 //!   methods other than GET/PUT are 405.
+//!
+//! Instance tags come from [`ImdsConfig::tags`] (changed by
+//! [`Imds::set_tag`]), or, with [`ImdsConfig::live_tags_from`], from a moto
+//! server at every request under `tags/instance`: AWS documents that tags
+//! added or removed while the instance runs show in IMDS, so a `CreateTags`
+//! on moto (e.g. `berth:nudge`) is seen by the next GET, with no restart.
+//! The read is a raw `DescribeTags` to moto itself, never through a
+//! [`super::LifecycleProxy`], so it neither counts as an agent's call nor
+//! suffers the proxy's faults (IMDS does not depend on the EC2 API). Should
+//! moto not answer within [`LIVE_TAGS_TIMEOUT`], the last tags read are
+//! served (500 if there are none yet), and the failure is counted
+//! ([`Imds::live_tag_failures`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::http_server::{HttpServer, Request, Response};
+use super::moto::instance_tags_raw;
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -32,6 +46,10 @@ const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 const META: &str = "/latest/meta-data";
 /// Largest token TTL IMDS accepts (6 hours).
 const MAX_TTL_SECS: u64 = 21600;
+/// Deadline for reading live tags from moto: under the 1 s per-attempt
+/// timeout of the SDK's IMDS client, so a slow moto costs staleness, not a
+/// failed metadata read.
+pub const LIVE_TAGS_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// What the emulated instance looks like at start.
 #[derive(Debug, Clone)]
@@ -42,10 +60,17 @@ pub struct ImdsConfig {
     pub region: String,
     /// `placement/availability-zone`, e.g. `us-east-1a`.
     pub az: String,
-    /// Instance tags served under `tags/instance` when enabled.
+    /// Instance tags served under `tags/instance` when enabled. With
+    /// [`ImdsConfig::live_tags_from`], moto's tags are laid over these: put
+    /// here what moto may not hold but AWS serves, such as
+    /// `aws:autoscaling:groupName`.
     pub tags: BTreeMap<String, String>,
     /// Whether instance-metadata tags are enabled (`InstanceMetadataTags`).
     pub tags_enabled: bool,
+    /// A moto server (`http://127.0.0.1:PORT`, i.e. [`super::Moto::url`])
+    /// whose current EC2 tags of `instance_id` are served, read at every
+    /// request; `None` serves [`ImdsConfig::tags`] alone.
+    pub live_tags_from: Option<String>,
 }
 
 impl Default for ImdsConfig {
@@ -57,6 +82,7 @@ impl Default for ImdsConfig {
             az: "us-east-1a".into(),
             tags: BTreeMap::new(),
             tags_enabled: false,
+            live_tags_from: None,
         }
     }
 }
@@ -70,6 +96,11 @@ struct State {
     rejected_tokens: usize,
     token_puts: usize,
     gets: HashMap<String, usize>,
+    /// moto's tags of the instance at the last successful live read.
+    live_tags: Option<BTreeMap<String, String>>,
+    /// Live reads that failed, and the last failure.
+    live_tag_failures: usize,
+    last_live_tag_failure: Option<String>,
 }
 
 /// A running IMDSv2 emulator; see the module docs. All setters may be called
@@ -92,6 +123,9 @@ impl Imds {
             rejected_tokens: 0,
             token_puts: 0,
             gets: HashMap::new(),
+            live_tags: None,
+            live_tag_failures: 0,
+            last_live_tag_failure: None,
         }));
         let handler_state = state.clone();
         let server = HttpServer::start(
@@ -136,7 +170,8 @@ impl Imds {
         self.lock().config.tags_enabled = enabled;
     }
 
-    /// Adds or replaces the instance tag `key`.
+    /// Adds or replaces the instance tag `key` in [`ImdsConfig::tags`] (with
+    /// live tags, moto's tag of the same key wins).
     pub fn set_tag(&self, key: &str, value: &str) {
         self.lock()
             .config
@@ -144,9 +179,21 @@ impl Imds {
             .insert(key.to_string(), value.to_string());
     }
 
-    /// Removes the instance tag `key` (no-op if absent).
+    /// Removes the instance tag `key` from [`ImdsConfig::tags`] (no-op if
+    /// absent; with live tags, delete it on moto instead).
     pub fn remove_tag(&self, key: &str) {
         self.lock().config.tags.remove(key);
+    }
+
+    /// How many live tag reads from moto failed (and were answered from the
+    /// last tags read, or 500).
+    pub fn live_tag_failures(&self) -> usize {
+        self.lock().live_tag_failures
+    }
+
+    /// The last failed live tag read, if any.
+    pub fn last_live_tag_failure(&self) -> Option<String> {
+        self.lock().last_live_tag_failure.clone()
     }
 
     /// Revokes every token handed out so far: GETs with one of them get 401.
@@ -229,16 +276,75 @@ fn handle(state: &Mutex<State>, req: &Request) -> Response {
                 st.rejected_tokens += 1;
                 return text(401, "Unauthorized");
             }
-            match metadata(&st, path) {
-                Some((content_type, body)) => Response::new(200, content_type, body),
-                None => not_found(),
+            let Some(tag_path) = tag_path(path) else {
+                return answer(metadata(&st, path));
+            };
+            if !st.config.tags_enabled {
+                return not_found();
             }
+            let Some(moto_url) = st.config.live_tags_from.clone() else {
+                return answer(tags_answer(&st.config.tags, tag_path));
+            };
+            let id = st.config.instance_id.clone();
+            // Never hold the lock across a call to moto.
+            drop(st);
+            let read = instance_tags_raw(
+                moto_url.trim_start_matches("http://").trim_end_matches('/'),
+                &id,
+                LIVE_TAGS_TIMEOUT,
+            );
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            match read {
+                Ok(tags) => st.live_tags = Some(tags),
+                Err(e) => {
+                    st.live_tag_failures += 1;
+                    st.last_live_tag_failure = Some(e);
+                }
+            }
+            let Some(live) = &st.live_tags else {
+                return text(500, "Internal Server Error");
+            };
+            let mut tags = st.config.tags.clone();
+            tags.extend(live.iter().map(|(k, v)| (k.clone(), v.clone())));
+            answer(tags_answer(&tags, tag_path))
         }
         _ => text(405, "Method Not Allowed"),
     }
 }
 
-/// The answer for a GET of `path` with a valid token, or `None` for 404.
+fn answer(found: Option<(&'static str, String)>) -> Response {
+    match found {
+        Some((content_type, body)) => Response::new(200, content_type, body),
+        None => not_found(),
+    }
+}
+
+/// For a path under `tags/instance`: `Some(None)` for the key list,
+/// `Some(Some(key))` for one tag; `None` for any other path.
+fn tag_path(path: &str) -> Option<Option<&str>> {
+    let rel = path.strip_prefix(META)?.trim_end_matches('/');
+    if rel == "/tags/instance" {
+        return Some(None);
+    }
+    rel.strip_prefix("/tags/instance/").map(Some)
+}
+
+/// The answer for a tag path (see [`tag_path`]) given the instance's tags.
+fn tags_answer(
+    tags: &BTreeMap<String, String>,
+    key: Option<&str>,
+) -> Option<(&'static str, String)> {
+    match key {
+        None => {
+            let keys: Vec<&str> = tags.keys().map(String::as_str).collect();
+            Some(("text/plain", keys.join("\n")))
+        }
+        Some(key) => tags.get(key).map(|v| ("text/plain", v.clone())),
+    }
+}
+
+/// The answer for a GET of `path` (not a tag path) with a valid token, or
+/// `None` for 404.
 fn metadata(st: &State, path: &str) -> Option<(&'static str, String)> {
     let cfg = &st.config;
     if path == "/latest/dynamic/instance-identity/document" {
@@ -271,17 +377,7 @@ fn metadata(st: &State, path: &str) -> Option<(&'static str, String)> {
             .spot_action
             .as_deref()
             .map(|a| ("application/json", a.to_string())),
-        "/tags/instance" if cfg.tags_enabled => {
-            let keys: Vec<&str> = cfg.tags.keys().map(String::as_str).collect();
-            plain(&keys.join("\n"))
-        }
-        _ => {
-            let key = rel.strip_prefix("/tags/instance/")?;
-            if !cfg.tags_enabled {
-                return None;
-            }
-            cfg.tags.get(key).map(|v| ("text/plain", v.clone()))
-        }
+        _ => None,
     }
 }
 

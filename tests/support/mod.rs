@@ -30,6 +30,7 @@
 
 pub mod agent;
 pub mod auth_registry;
+pub mod cbor;
 pub mod docker;
 pub mod dockerd;
 pub mod fixture;
@@ -53,10 +54,10 @@ pub use docker::{
 pub use dockerd::{PrivateDockerd, private_dockerd_fully_removed};
 pub use http::{HttpResponse, http_get, http_get_json, http_request};
 pub use imds::{Imds, ImdsConfig};
-pub use lifecycle_proxy::{Fault, LifecycleProxy, RecordedCall};
+pub use lifecycle_proxy::{Fault, LifecycleProxy, RecordedCall, Service};
 pub use moto::{
-    MOTO_ACCOUNT, MOTO_AMI, MOTO_AZ, MOTO_ECR_PASSWORD, MOTO_ECR_USER, MOTO_REGION, Moto, block_on,
-    env_refs, sdk_config_for,
+    CLOUDWATCH_TARGET_PREFIX, MOTO_ACCOUNT, MOTO_AMI, MOTO_AZ, MOTO_ECR_PASSWORD, MOTO_ECR_USER,
+    MOTO_REGION, Moto, alarm_states_of, block_on, env_refs, sdk_config_for,
 };
 pub use registry::{Registry, registry_manifest_digest, shared_registry};
 pub use util::{free_port, keep_artifacts, send_signal, unique, wait_until};

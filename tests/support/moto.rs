@@ -1,7 +1,7 @@
 //! A private moto server (`python3 -m moto.server`, moto 5.2.1) on a free
-//! loopback port: fake Auto Scaling, EC2 and ECR APIs for the AWS side of
-//! berth. Each [`Moto`] is its own process with its own state, so parallel
-//! tests never see each other's groups.
+//! loopback port: fake Auto Scaling, EC2, CloudWatch and ECR APIs for the
+//! AWS side of berth, all on one port. Each [`Moto`] is its own process with
+//! its own state, so parallel tests never see each other's groups.
 //!
 //! [`Moto::sdk_config`] gives an `SdkConfig` for the Rust SDK (region
 //! `us-east-1`, static `test` credentials, endpoint = moto) and
@@ -30,10 +30,23 @@
 //!   requests land in its S3 backend.
 //! * ECR `GetAuthorizationToken` returns base64 `AWS:123456789012-auth-token`
 //!   (see [`MOTO_ECR_USER`], [`MOTO_ECR_PASSWORD`]).
+//! * CloudWatch speaks the query and AWS JSON 1.0 protocols only, not the
+//!   Smithy RPC v2 CBOR protocol that `aws-sdk-cloudwatch` 1.x sends (moto
+//!   answers 404 to its `/service/.../operation/...` paths): the CloudWatch
+//!   helpers here use JSON, and agents reach CloudWatch through a
+//!   [`super::LifecycleProxy`], which translates.
+//! * `DescribeAlarms` applies one filter only, the first present of
+//!   `ActionPrefix`, `AlarmNamePrefix`, `AlarmNames`, `StateValue`: with
+//!   names or a prefix, `StateValue` is ignored (AWS applies both; the proxy
+//!   does too). `AlarmTypes`, `MaxRecords` and `NextToken` are ignored.
+//! * A new metric alarm starts in `OK` (AWS: `INSUFFICIENT_DATA`), and moto
+//!   never evaluates alarms: a state set by `SetAlarmState` stays.
+//!   `PutCompositeAlarm` is not implemented (HTTP 500).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -46,7 +59,7 @@ use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use tempfile::TempDir;
 
-use super::http::request;
+use super::http::{HttpResponse, request, request_within};
 use super::util::{ExitGuard, free_port, keep_artifacts, kill_child, tail_file};
 
 /// The region everything runs in.
@@ -63,6 +76,11 @@ pub const MOTO_ECR_USER: &str = "AWS";
 pub const MOTO_ECR_PASSWORD: &str = "123456789012-auth-token";
 
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline for one exchange of a raw (non-SDK) helper call.
+const RAW_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// CloudWatch's `X-Amz-Target` prefix in the AWS JSON 1.0 protocol, and the
+/// service name in the Smithy RPC v2 CBOR paths.
+pub const CLOUDWATCH_TARGET_PREFIX: &str = "GraniteServiceVersion20100801";
 
 /// A running moto server with its log in a temp dir. Dropping it kills the
 /// process (SIGKILL) and deletes the dir.
@@ -295,10 +313,27 @@ impl Moto {
     /// The EC2 tags of instance `instance_id` (`DescribeTags` filtered by
     /// resource id), including moto's `aws:autoscaling:groupName`.
     pub fn instance_tags(&self, instance_id: &str) -> BTreeMap<String, String> {
+        self.instances_tags(&[instance_id])
+            .remove(instance_id)
+            .unwrap_or_default()
+    }
+
+    /// The EC2 tags of each of `ids`, with one `DescribeTags` (all pages)
+    /// filtered on their resource ids. An id without tags (or unknown to
+    /// moto) maps to an empty set.
+    pub fn instances_tags<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
         let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
         block_on(async move {
             let ec2 = aws_sdk_ec2::Client::new(&cfg);
-            let mut tags = BTreeMap::new();
+            let mut tags: BTreeMap<String, BTreeMap<String, String>> =
+                ids.iter().map(|id| (id.clone(), BTreeMap::new())).collect();
+            if ids.is_empty() {
+                return tags;
+            }
             let mut next: Option<String> = None;
             loop {
                 let out = ec2
@@ -306,7 +341,7 @@ impl Moto {
                     .filters(
                         aws_sdk_ec2::types::Filter::builder()
                             .name("resource-id")
-                            .values(instance_id)
+                            .set_values(Some(ids.clone()))
                             .build(),
                     )
                     .set_next_token(next.take())
@@ -314,15 +349,17 @@ impl Moto {
                     .await
                     .unwrap_or_else(|e| {
                         panic!(
-                            "instance_tags({instance_id}): DescribeTags: {}",
+                            "instances_tags({ids:?}): DescribeTags: {}",
                             DisplayErrorContext(&e)
                         )
                     });
                 for t in out.tags() {
-                    tags.insert(
-                        t.key().unwrap_or_default().to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    );
+                    tags.entry(t.resource_id().unwrap_or_default().to_string())
+                        .or_default()
+                        .insert(
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        );
                 }
                 match out.next_token() {
                     Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -334,26 +371,121 @@ impl Moto {
 
     /// Sets the EC2 tag `key=value` on instance `instance_id` (`CreateTags`).
     pub fn set_instance_tag(&self, instance_id: &str, key: &str, value: &str) {
+        self.tag_instances(&[instance_id], &[(key, value)]);
+    }
+
+    /// Adds or overwrites `tags` on every instance of `ids` with one
+    /// `CreateTags` call, as an operator (or `berth fleet`) would. Panics on
+    /// failure.
+    pub fn tag_instances<S: AsRef<str>>(&self, ids: &[S], tags: &[(&str, &str)]) {
         let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = tags
+            .iter()
+            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+            .collect();
         block_on(async move {
             aws_sdk_ec2::Client::new(&cfg)
                 .create_tags()
-                .resources(instance_id)
-                .tags(
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(key)
-                        .value(value)
-                        .build(),
-                )
+                .set_resources(Some(ids.clone()))
+                .set_tags(Some(tags))
                 .send()
                 .await
                 .unwrap_or_else(|e| {
                     panic!(
-                        "set_instance_tag({instance_id}, {key}): CreateTags: {}",
+                        "tag_instances({ids:?}): CreateTags: {}",
                         DisplayErrorContext(&e)
                     )
                 });
         })
+    }
+
+    /// Removes the tags `keys` (whatever their values) from every instance of
+    /// `ids` with one `DeleteTags` call. Absent keys are no error. Panics on
+    /// failure.
+    pub fn untag_instances<S: AsRef<str>>(&self, ids: &[S], keys: &[&str]) {
+        let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = keys
+            .iter()
+            .map(|k| aws_sdk_ec2::types::Tag::builder().key(*k).build())
+            .collect();
+        block_on(async move {
+            aws_sdk_ec2::Client::new(&cfg)
+                .delete_tags()
+                .set_resources(Some(ids.clone()))
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "untag_instances({ids:?}): DeleteTags: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// Calls the CloudWatch `operation` (e.g. `DescribeAlarms`) on moto with
+    /// the AWS JSON 1.0 protocol and `input` as the body; returns the status
+    /// and the answer's JSON (`null` if the body is not JSON, e.g. moto's
+    /// HTML 500 for an operation it lacks). Panics if moto cannot be reached.
+    pub fn cloudwatch(
+        &self,
+        operation: &str,
+        input: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = cloudwatch_json_call(&self.addr(), operation, &input, RAW_CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("CloudWatch {operation} on moto {}: {e}", self.url()));
+        let body = serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
+        (resp.status, body)
+    }
+
+    /// Creates or replaces the metric alarm `name` (`PutMetricAlarm`: the
+    /// average of `berth-test/Errors` over 60 s greater than 1, one
+    /// evaluation period). moto starts it in `OK`. Panics on failure.
+    pub fn put_metric_alarm(&self, name: &str) {
+        let (status, body) = self.cloudwatch(
+            "PutMetricAlarm",
+            serde_json::json!({
+                "AlarmName": name,
+                "Namespace": "berth-test",
+                "MetricName": "Errors",
+                "Statistic": "Average",
+                "Period": 60,
+                "EvaluationPeriods": 1,
+                "Threshold": 1.0,
+                "ComparisonOperator": "GreaterThanThreshold",
+            }),
+        );
+        assert_eq!(status, 200, "put_metric_alarm({name}): {body}");
+    }
+
+    /// Sets the state of alarm `name` (`SetAlarmState`): `ALARM`, `OK` or
+    /// `INSUFFICIENT_DATA`. moto keeps it until the next call. Panics on
+    /// failure (e.g. an unknown alarm: 404 `ResourceNotFound`).
+    pub fn set_alarm_state(&self, name: &str, state: &str) {
+        let (status, body) = self.cloudwatch(
+            "SetAlarmState",
+            serde_json::json!({
+                "AlarmName": name,
+                "StateValue": state,
+                "StateReason": "set by a test",
+            }),
+        );
+        assert_eq!(status, 200, "set_alarm_state({name}, {state}): {body}");
+    }
+
+    /// Every metric alarm and its `StateValue` (`DescribeAlarms` without
+    /// filters). Panics on failure.
+    pub fn alarm_states(&self) -> BTreeMap<String, String> {
+        let (status, body) = self.cloudwatch("DescribeAlarms", serde_json::json!({}));
+        assert_eq!(status, 200, "alarm_states: DescribeAlarms: {body}");
+        alarm_states_of(&body)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// `HealthStatus` of `instance_id` (`Healthy`/`Unhealthy`) from
@@ -553,6 +685,210 @@ async fn group_instance_ids(asg: &aws_sdk_autoscaling::Client, name: &str) -> Ve
         .iter()
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect()
+}
+
+/// `AlarmName` → `StateValue` of the `MetricAlarms` and `CompositeAlarms`
+/// of a JSON `DescribeAlarms` answer.
+pub fn alarm_states_of(describe_alarms: &serde_json::Value) -> BTreeMap<String, String> {
+    ["MetricAlarms", "CompositeAlarms"]
+        .iter()
+        .filter_map(|list| describe_alarms[list].as_array())
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["AlarmName"].as_str()?.to_string(),
+                a["StateValue"].as_str().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The `Authorization` header of a raw request for `service` (a SigV4
+/// signing name: `ec2`, `autoscaling`, `monitoring`). moto routes a request
+/// by the credential scope in it and checks no signature, so this is all a
+/// raw request needs (without it, moto takes the request for S3).
+pub(crate) fn moto_authorization(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=test/20260101/{MOTO_REGION}/{service}/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    )
+}
+
+/// POSTs a CloudWatch AWS JSON 1.0 request to `addr` (`host:port` of a moto
+/// server) and reads the answer within `io_timeout`.
+pub(crate) fn cloudwatch_json_call(
+    addr: &str,
+    operation: &str,
+    input: &serde_json::Value,
+    io_timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let target = format!("{CLOUDWATCH_TARGET_PREFIX}.{operation}");
+    let auth = moto_authorization("monitoring");
+    let body = serde_json::to_vec(input).map_err(io::Error::other)?;
+    request_within(
+        addr,
+        "POST",
+        "/",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("X-Amz-Target", &target),
+        ],
+        &body,
+        false,
+        io_timeout,
+    )
+}
+
+/// The EC2 tags of `instance_id` as moto holds them now, read with raw
+/// query-protocol `DescribeTags` calls (all pages) to `addr` (`host:port`),
+/// each within `io_timeout`. Light enough to run per IMDS request.
+pub(crate) fn instance_tags_raw(
+    addr: &str,
+    instance_id: &str,
+    io_timeout: Duration,
+) -> Result<BTreeMap<String, String>, String> {
+    let auth = moto_authorization("ec2");
+    let mut tags = BTreeMap::new();
+    let mut next: Option<String> = None;
+    for _ in 0..100 {
+        let mut params = vec![
+            ("Action", "DescribeTags"),
+            ("Version", "2016-11-15"),
+            ("Filter.1.Name", "resource-id"),
+            ("Filter.1.Value.1", instance_id),
+        ];
+        if let Some(token) = &next {
+            params.push(("NextToken", token));
+        }
+        let resp = request_within(
+            addr,
+            "POST",
+            "/",
+            &[
+                ("Authorization", &auth),
+                (
+                    "Content-Type",
+                    "application/x-www-form-urlencoded; charset=utf-8",
+                ),
+            ],
+            form_encode(&params).as_bytes(),
+            false,
+            io_timeout,
+        )
+        .map_err(|e| format!("DescribeTags({instance_id}) on {addr}: {e}"))?;
+        let body = resp.text();
+        if resp.status != 200 {
+            return Err(format!(
+                "DescribeTags({instance_id}) on {addr} answered {}: {body}",
+                resp.status
+            ));
+        }
+        for item in xml_elements(&body, "item") {
+            if xml_child(item, "resourceId").as_deref() != Some(instance_id) {
+                continue;
+            }
+            if let Some(key) = xml_child(item, "key") {
+                tags.insert(key, xml_child(item, "value").unwrap_or_default());
+            }
+        }
+        match xml_child(&body, "nextToken") {
+            Some(t) if !t.is_empty() => next = Some(t),
+            _ => return Ok(tags),
+        }
+    }
+    Err(format!(
+        "DescribeTags({instance_id}) on {addr}: more than 100 pages"
+    ))
+}
+
+/// `application/x-www-form-urlencoded` of `params`.
+pub(crate) fn form_encode(params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The inner text of every `<name>...</name>` element of `xml`, in order
+/// (not nested in each other; enough for flat AWS lists like `tagSet`).
+fn xml_elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+/// The unescaped text of the first `<name>` element of `xml` (`<name/>` is
+/// the empty string), or `None` if there is none.
+fn xml_child(xml: &str, name: &str) -> Option<String> {
+    let (open, empty) = (format!("<{name}>"), format!("<{name}/>"));
+    match (xml.find(&open), xml.find(&empty)) {
+        (Some(o), Some(e)) if e < o => Some(String::new()),
+        (Some(o), _) => {
+            let after = &xml[o + open.len()..];
+            let end = after.find(&format!("</{name}>"))?;
+            Some(xml_unescape(&after[..end]))
+        }
+        (None, Some(_)) => Some(String::new()),
+        (None, None) => None,
+    }
+}
+
+/// Resolves the five predefined XML entities and numeric character references.
+fn xml_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let Some(semi) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn log_path(dir: &Path) -> PathBuf {
