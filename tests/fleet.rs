@@ -335,3 +335,67 @@ fn a_retirement_denied_by_iam_is_aborted_and_the_instance_serves_again() {
         .unwrap();
     assert!(log.contains("retirement aborted"), "the ERROR names it");
 }
+
+/// The doorbell travels the real path: an operator's `CreateTags` of
+/// `berth:nudge` on moto, read by each agent through its IMDS (instance
+/// tags served live from moto). Agents ring the next members themselves as
+/// they retire and as replacements become ready.
+#[test]
+fn a_nudged_rollout_travels_through_instance_metadata_tags() {
+    let f = fleet("1", &[], "1s", true);
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    let rung = f.nudge_all("operator-1");
+    assert_eq!(rung.len(), SIZE);
+    wait_until("every original agent heard the doorbell", ROLLOUT, || {
+        originals
+            .iter()
+            .all(|id| {
+                f.with_member(id, |m| {
+                    m.agent
+                        .as_ref()
+                        .is_some_and(|a| a.log().contains("nudged: looking at the group now"))
+                })
+                // Already retired: it heard it (it looked and left).
+                .unwrap_or(true)
+            })
+            .then_some(())
+    });
+    wait_rollout(&f, &originals);
+    // Agents rang each other: some member's doorbell was last set by an
+    // agent (`<instance id>@<ms>`), not by the operator.
+    let by_agents = originals
+        .iter()
+        .filter_map(|id| f.log_of_terminated(id))
+        .filter(|log| log.contains("nudged the next members in line"))
+        .count();
+    assert!(
+        by_agents >= 1,
+        "a retiring or newly ready agent rang the next members"
+    );
+}
+
+/// An alarm in `ALARM` holds every retirement (read from moto's CloudWatch
+/// through the real SDK); once it clears, the rollout runs.
+#[test]
+fn an_alarm_in_alarm_holds_the_rollout_until_it_clears() {
+    let alarm = unique("api-5xx");
+    let f = fleet("1", &[("berth:halt-on-alarms", alarm.as_str())], "1s", true);
+    f.moto.put_metric_alarm(&alarm);
+    f.moto.set_alarm_state(&alarm, "ALARM");
+    let originals = f.member_ids();
+    f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    f.nudge_all("operator-1");
+    all_say(&f, "every member waits for the alarm", alarm.as_str());
+    let looks = f.proxy.count("DescribeAlarms");
+    assert!(looks >= SIZE, "every drifted agent read the alarm: {looks}");
+    // Several more looks later, still nobody retired.
+    wait_until("more alarm reads", ROLLOUT, || {
+        (f.proxy.count("DescribeAlarms") >= looks + SIZE).then_some(())
+    });
+    assert!(f.terminated().is_empty());
+    assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), 0);
+    f.moto.set_alarm_state(&alarm, "OK");
+    wait_rollout(&f, &originals);
+    assert_eq!(f.terminated().len(), SIZE);
+}

@@ -823,7 +823,7 @@ mod tests {
             ("berth:version", "2"),
             ("berth:drift-grace", "0s"),
         ]);
-        let r = start(&g, Fake::default(), None);
+        let mut r = start(&g, Fake::default(), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(r.inbox.drained(), Some(DrainReason::Retire));
         assert!(
@@ -891,7 +891,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_halted_rollout_is_rolled_back_by_the_oldest_old_member() {
         let g = halted_world();
-        let r = start(&g, Fake::default(), None);
+        let mut r = start(&g, Fake::default(), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             g.calls("CreateOrUpdateTags"),
@@ -911,7 +911,7 @@ mod tests {
         let g = halted_world();
         let engine = Fake::default();
         engine.state().missing_images = vec!["reg/web:1".into()];
-        let r = start(&g, engine, None);
+        let mut r = start(&g, engine, None);
         tokio::time::sleep(Duration::from_secs(120)).await;
         assert!(g.calls("CreateOrUpdateTags").is_empty());
         assert_eq!(r.inbox.drained(), None, "halted: nobody retires");
@@ -932,7 +932,7 @@ mod tests {
             ("api-5xx".into(), "OK".into()),
             ("latency-p99".into(), "ALARM".into()),
         ];
-        let r = start(&g, Fake::default(), None);
+        let mut r = start(&g, Fake::default(), None);
         tokio::time::sleep(Duration::from_secs(300)).await;
         assert_eq!(r.inbox.drained(), None);
         assert!(r.inbox.last_message().unwrap().contains("latency-p99"));
