@@ -225,7 +225,14 @@ fn aws_throttling_or_outage_stops_retirements_while_it_lasts() {
         f.proxy.set_fault(fault);
         let before = f.terminated().len();
         let members_before = f.moto.group_instance_ids(&f.group);
-        all_say(&f, "every member reports the AWS error", "unreadable");
+        // A member at rest says "desired state unreadable: …", a
+        // replacement booting under the fault "waiting for a valid desired
+        // state: …"; both name the failing call.
+        all_say(
+            &f,
+            "every member reports the AWS error",
+            "DescribeAutoScalingGroups",
+        );
         assert_eq!(
             f.terminated().len(),
             before,
