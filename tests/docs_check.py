@@ -453,7 +453,7 @@ BREAKS = [
     ("a design-only tag in a command", append(DOC, "```sh\naws autoscaling create-or-update-tags --tags Key=berth:refresh-before,Value=x\n```"), "berth:refresh-before"),
     ("a per-component tag with an unknown prefix", append(DOC, "`berth:versoin:web`"), "berth:versoin:"),
     ("a renamed tag constant", replace("src/tags.rs", '"berth:paused"', '"berth:pause"'), "berth:paused"),
-    ("an IAM action not in the policy", append(DOC, "It needs autoscaling:CreateOrUpdateTags."), "autoscaling:CreateOrUpdateTags"),
+    ("an IAM action not in the policy", append(DOC, "It needs autoscaling:UpdateAutoScalingGroup."), "autoscaling:UpdateAutoScalingGroup"),
     ("an action gone from the policy", drop_action("ec2:CreateTags"), "ec2:CreateTags"),
     ("a path the code does not use", append(DOC, "Edit /etc/berth/agent.toml."), "/etc/berth/agent.toml"),
     ("a data dir file the code does not write", append(DOC, "See /var/lib/berth/state.json."), "/var/lib/berth/state.json"),

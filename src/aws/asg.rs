@@ -357,7 +357,9 @@ impl Group {
         let mut found = Vec::new();
         for r in requests {
             let req = match r {
-                AlarmRequest::Names(n) => self.cw.describe_alarms().set_alarm_names(Some(n.clone())),
+                AlarmRequest::Names(n) => {
+                    self.cw.describe_alarms().set_alarm_names(Some(n.clone()))
+                }
                 AlarmRequest::Prefix(p) => self.cw.describe_alarms().alarm_name_prefix(p),
             }
             .alarm_types(aws_sdk_cloudwatch::types::AlarmType::MetricAlarm)

@@ -79,7 +79,10 @@ impl Imds {
     /// Whether instance-metadata tags are enabled: IMDS lists the
     /// instance's tag keys (404 when `InstanceMetadataTags` is disabled).
     pub async fn tags_enabled(&self) -> Result<bool, AwsError> {
-        Ok(self.get_opt("/latest/meta-data/tags/instance").await?.is_some())
+        Ok(self
+            .get_opt("/latest/meta-data/tags/instance")
+            .await?
+            .is_some())
     }
 
     /// One of this instance's tags, read locally (no API call); `None` when

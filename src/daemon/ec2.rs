@@ -370,11 +370,15 @@ pub async fn watch_nudges(
         if tx.borrow().enabled.is_none() {
             match imds.tags_enabled().await {
                 Ok(true) => {
-                    tracing::info!("instance-metadata tags enabled: resting on berth:nudge, reading the group only as a backstop");
+                    tracing::info!(
+                        "instance-metadata tags enabled: resting on berth:nudge, reading the group only as a backstop"
+                    );
                     tx.send_modify(|d| d.enabled = Some(true));
                 }
                 Ok(false) => {
-                    tracing::warn!("instance-metadata tags are disabled (launch template InstanceMetadataTags): no nudges; polling the group instead, which costs more API calls");
+                    tracing::warn!(
+                        "instance-metadata tags are disabled (launch template InstanceMetadataTags): no nudges; polling the group instead, which costs more API calls"
+                    );
                     tx.send_modify(|d| d.enabled = Some(false));
                     return;
                 }

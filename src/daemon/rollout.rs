@@ -223,8 +223,12 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
             .await
         {
-            Ok(()) => tracing::info!(members = ids.len(), first = %ids[0], "nudged the next members in line"),
-            Err(e) => tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule"),
+            Ok(()) => {
+                tracing::info!(members = ids.len(), first = %ids[0], "nudged the next members in line")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule")
+            }
         }
     }
 
@@ -865,7 +869,6 @@ mod tests {
         r.task.await.unwrap();
     }
 
-
     /// The world of an automatic rollback: this instance (`i-1`, the oldest)
     /// is ready on `web=1`; `i-2` runs the preferred `web=2` and the group
     /// marked it Unhealthy (its health escalation fired).
@@ -943,5 +946,4 @@ mod tests {
         r.tagged.send_replace(Some(InstanceState::Retiring));
         r.task.await.unwrap();
     }
-
 }
