@@ -347,51 +347,44 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
     }
 
     /// Whether every changed component's preferred image exists in its
-    /// registry. Positive answers are cached; others are asked again.
+    /// registry.
     async fn check_images(&self, desired: &Desired, present: &mut HashSet<String>) -> ImageCheck {
-        let Some(cluster) = self.manifest.cluster(&desired.cluster) else {
-            return ImageCheck::Unknown(format!(
-                "cluster {} is not in the manifest",
-                desired.cluster
-            ));
-        };
         let pinned = self.plan.versions();
-        for c in &cluster.containers {
-            let Some(v) = desired.versions.get(&c.name) else {
-                continue;
-            };
-            if desired.cluster == self.plan.cluster && pinned.get(&c.name) == Some(v) {
-                continue;
-            }
-            let image = crate::manifest::fill_version(&c.image, v);
-            if present.contains(&image) {
-                continue;
-            }
-            match self.engine.image_in_registry(&image, c.registry_auth).await {
-                Ok(true) => {
-                    present.insert(image);
-                }
-                Ok(false) => return ImageCheck::Missing(image),
-                Err(err) => return ImageCheck::Unknown(format!("{image}: {err}")),
-            }
-        }
-        ImageCheck::Present
+        let same_cluster = desired.cluster == self.plan.cluster;
+        self.images_exist(&desired.cluster, &desired.versions, present, |c, v| {
+            !(same_cluster && pinned.get(c) == Some(v))
+        })
+        .await
     }
 
     /// Whether this instance's own pinned images still exist in their
     /// registries (a rollback never targets a missing image).
     async fn check_pin_images(&self, present: &mut HashSet<String>) -> ImageCheck {
-        let Some(cluster) = self.manifest.cluster(&self.plan.cluster) else {
-            return ImageCheck::Unknown(format!(
-                "cluster {} is not in the manifest",
-                self.plan.cluster
-            ));
-        };
         let pinned = self.plan.versions();
-        for c in &cluster.containers {
-            let Some(v) = pinned.get(&c.name) else {
+        self.images_exist(&self.plan.cluster, &pinned, present, |_, _| true)
+            .await
+    }
+
+    /// Whether the images of `cluster` at `versions` (the components
+    /// `wanted` selects) exist in their registries. Positive answers are
+    /// cached in `present`; others are asked again next time.
+    async fn images_exist(
+        &self,
+        cluster: &str,
+        versions: &BTreeMap<String, String>,
+        present: &mut HashSet<String>,
+        wanted: impl Fn(&str, &String) -> bool,
+    ) -> ImageCheck {
+        let Some(spec) = self.manifest.cluster(cluster) else {
+            return ImageCheck::Unknown(format!("cluster {cluster} is not in the manifest"));
+        };
+        for c in &spec.containers {
+            let Some(v) = versions.get(&c.name) else {
                 continue;
             };
+            if !wanted(&c.name, v) {
+                continue;
+            }
             let image = crate::manifest::fill_version(&c.image, v);
             if present.contains(&image) {
                 continue;
