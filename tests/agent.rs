@@ -577,9 +577,7 @@ fn a_bad_local_file_is_reported_and_changes_nothing() {
         "base",
     );
     let mut agent = fx.agent(&[]);
-    // Never "ready": ready needs a run of restart.stable_after (10 s), and
-    // this container turns unhealthy after 4 s.
-    let s = fx.wait_status("web healthy", |s| comp(s, "web")["health"] == "healthy");
+    let s = fx.wait_ready();
     let id = comp(&s, "web")["container_id"]
         .as_str()
         .unwrap()
@@ -902,9 +900,7 @@ fn restart_counts_survive_an_agent_restart_and_a_new_instance_id_is_reported() {
     base_image();
     let fx = web_forever();
     let mut agent = fx.agent(&[]);
-    // Never "ready": ready needs a run of restart.stable_after (10 s), and
-    // this container turns unhealthy after 4 s.
-    let s = fx.wait_status("web healthy", |s| comp(s, "web")["health"] == "healthy");
+    let s = fx.wait_ready();
     let id = comp(&s, "web")["container_id"]
         .as_str()
         .unwrap()
