@@ -96,13 +96,16 @@ impl Monitor {
     }
 }
 
+/// Waits until every member says `needle`: in its status message (the
+/// rollout's note) or, while it boots, in its reason.
 fn all_say(f: &Fleet, what: &str, needle: &str) {
     wait_until(what, ROLLOUT, || {
         let s = f.statuses();
-        (s.len() == SIZE
-            && s.values()
-                .all(|s| s["message"].as_str().is_some_and(|m| m.contains(needle))))
-        .then_some(())
+        let says = |s: &serde_json::Value, field: &str| {
+            s[field].as_str().is_some_and(|m| m.contains(needle))
+        };
+        (s.len() == SIZE && s.values().all(|s| says(s, "message") || says(s, "reason")))
+            .then_some(())
     });
 }
 
@@ -225,9 +228,9 @@ fn aws_throttling_or_outage_stops_retirements_while_it_lasts() {
         f.proxy.set_fault(fault);
         let before = f.terminated().len();
         let members_before = f.moto.group_instance_ids(&f.group);
-        // A member at rest says "desired state unreadable: …", a
+        // A member at rest says "desired state unreadable: …" (message), a
         // replacement booting under the fault "waiting for a valid desired
-        // state: …"; both name the failing call.
+        // state: …" (reason); both name the failing call.
         all_say(
             &f,
             "every member reports the AWS error",
