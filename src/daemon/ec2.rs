@@ -206,26 +206,9 @@ pub async fn launch_hook<G: GroupApi>(
 ) {
     let started = Instant::now();
     let deadline = started + timeout;
-    let hooks = match retry(
-        &AWS_CALL,
-        "DescribeLifecycleHooks",
-        &cancel,
-        Some(deadline),
-        || group.hooks(&ids.group),
-    )
-    .await
-    {
-        Ok(h) => h,
-        Err(GaveUp::Cancelled) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the group's lifecycle hooks; a launch hook (if any) is left to its timeout");
-            return;
-        }
-    };
-    let Some(hook) = hooks.into_iter().find(|h| h.transition == tags::LAUNCHING) else {
-        tracing::debug!("no launch lifecycle hook");
-        return;
-    };
+    // The member's state first: only a member in Pending:Wait has a launch
+    // hook to complete, so the others (every agent restart, every group
+    // without a hook) spend no call on the hooks.
     let state = match retry(
         &AWS_CALL,
         "DescribeAutoScalingGroups",
@@ -242,9 +225,29 @@ pub async fn launch_hook<G: GroupApi>(
         Err(_) => return,
     };
     if state != tags::PENDING_WAIT {
-        tracing::info!(hook = %hook.name, lifecycle_state = %state, "launch hook not waiting for this instance");
+        tracing::debug!(lifecycle_state = %state, "no launch hook waits for this instance");
         return;
     }
+    let hooks = match retry(
+        &AWS_CALL,
+        "DescribeLifecycleHooks",
+        &cancel,
+        Some(deadline),
+        || group.hooks(&ids.group),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(GaveUp::Cancelled) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the group's lifecycle hooks; the launch hook is left to its timeout");
+            return;
+        }
+    };
+    let Some(hook) = hooks.into_iter().find(|h| h.transition == tags::LAUNCHING) else {
+        tracing::warn!(lifecycle_state = %state, "in Pending:Wait, but the group has no launch hook");
+        return;
+    };
     tracing::info!(hook = %hook.name, timeout = ?timeout, "launch hook waits for every container to be running and healthy");
     let beat_every = Duration::from_secs((hook.heartbeat_timeout_secs.max(30) / 3) as u64);
     let mut last_beat = Instant::now();
@@ -346,13 +349,15 @@ pub async fn escalate_health<G: GroupApi>(
 pub const NUDGE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The doorbell as the rollout driver sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Doorbell {
     /// Instance-metadata tags are readable: the driver may rest on the
     /// slow backstop schedule. `None` until IMDS has answered once.
     pub enabled: Option<bool>,
     /// How many times the `berth:nudge` value has changed since boot.
     pub rings: u64,
+    /// The value it last changed to.
+    pub value: Option<String>,
 }
 
 /// Watches this instance's `berth:nudge` tag through IMDS (local, no API
@@ -394,8 +399,11 @@ pub async fn watch_nudges(
                 Ok(v) => {
                     warned = false;
                     if last.as_ref().is_some_and(|l| *l != v) {
-                        tracing::info!(nudge = ?v, "nudged: looking at the group now");
-                        tx.send_modify(|d| d.rings += 1);
+                        tracing::info!(nudge = ?v, "nudged");
+                        tx.send_modify(|d| {
+                            d.rings += 1;
+                            d.value = v.clone();
+                        });
                     }
                     last = Some(v);
                 }
