@@ -27,12 +27,19 @@
 //! names one writer, the oldest ready member on the old versions, and the
 //! tags it sets: its own pin.
 //!
-//! # The schedule
+//! # The schedule and the doorbell
 //!
-//! [`next_poll`] spends a fixed call rate per group where it matters: at rest
-//! the oldest members (first in line when a version changes) look most
-//! often; once drifted, an agent sleeps in proportion to how many rounds
-//! away its turn is.
+//! AWS throttles per account and region, so [`next_poll`] spends a small
+//! fixed budget per group at rest: the oldest member (first in line when a
+//! version changes) reads the group every `berth:rest-poll`, the others on
+//! a squared backstop. The `berth:nudge` instance tag, read through IMDS
+//! for free, is a doorbell: whoever sees a change rings the members not yet
+//! told of it ([`ring_unaware`]), a retiring member and a replacement that
+//! becomes ready each ring the one member whose turn they open
+//! ([`ring_on_retire`], [`ring_on_ready`]), and a rung member looks at its
+//! place or at its estimated turn ([`on_ring`]). Once drifted, an agent
+//! sleeps until its estimated turn. A nudge is only a hint: every decision
+//! is the gate's, from a fresh snapshot.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -58,6 +65,10 @@ pub const READY_SLACK: Duration = Duration::from_secs(3);
 /// Drifted agents far back in line together make at most this many calls per
 /// second: their cap is `max(DRIFTED_POLL_CAP, n / rate)`.
 pub const BACK_OF_LINE_CALLS_PER_SEC: f64 = 0.25;
+/// With the doorbell the members ahead ring a waiting member when its turn
+/// comes, so the back of the line re-estimates less often: together at
+/// most this many calls per second.
+pub const BACK_OF_LINE_CALLS_PER_SEC_RUNG: f64 = 0.05;
 /// At rest, no agent sleeps longer than this between looks: the backstop
 /// of the backstop (a member whose rank is stale re-learns it).
 pub const REST_POLL_CAP: Duration = Duration::from_secs(24 * 3600);
@@ -1160,14 +1171,19 @@ pub struct PollInput {
 ///   ahead ring it when its turn comes ([`ring_on_retire`],
 ///   [`ring_on_ready`]), and the estimate is only the backstop. Never sooner
 ///   than `max(floor, k / window_rate)`, never later than
-///   `max(10 min, n / back_of_line_rate)`.
+///   `max(10 min, n / back_of_line_rate)` (0.25 calls/s, or 0.05 with the
+///   doorbell).
 pub fn next_poll(i: &PollInput) -> Duration {
     let k = i.k.max(1) as f64;
     let n = i.members.max(1) as f64;
     let r = i.rank as f64;
     let p = i.rest_poll.max(MIN_REST_POLL).as_secs_f64() * REST_JITTER_MARGIN;
-    let back_of_line =
-        DRIFTED_POLL_CAP.max(Duration::from_secs_f64(n / BACK_OF_LINE_CALLS_PER_SEC));
+    let back_rate = if i.doorbell {
+        BACK_OF_LINE_CALLS_PER_SEC_RUNG
+    } else {
+        BACK_OF_LINE_CALLS_PER_SEC
+    };
+    let back_of_line = DRIFTED_POLL_CAP.max(Duration::from_secs_f64(n / back_rate));
     let capped = |secs: f64, cap: Duration| Duration::from_secs_f64(secs.min(cap.as_secs_f64()));
     match i.standing {
         Standing::AtRest if i.doorbell => capped(p * (1.0 + r) * (1.0 + r), REST_POLL_CAP),
@@ -2187,7 +2203,7 @@ mod tests {
             rest_poll: DEFAULT_REST_POLL,
             doorbell: true,
         });
-        assert_eq!(with, Duration::from_secs(600));
+        assert_eq!(with, Duration::from_secs(1000));
         let at = |k: u32, standing: Standing| {
             next_poll(&PollInput {
                 members: 100,

@@ -129,6 +129,9 @@ fn a_version_bump_replaces_every_instance_within_the_budget() {
     let originals = f.member_ids();
     let monitor = Monitor::start(&f);
     f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    // The operator rings the doorbell (docs/rollouts.md): at rest an agent
+    // reads the group only every berth:rest-poll.
+    f.nudge_all("operator-1");
     wait_rollout(&f, &originals);
     let max = monitor.finish();
     assert!(
@@ -153,15 +156,17 @@ fn a_preferred_image_that_does_not_exist_retires_nobody() {
     let f = fleet("1", &[], "1s", true);
     f.moto
         .set_group_tags(&f.group, &[("berth:version", "nope")]);
+    f.nudge_all("operator-1");
     all_say(
         &f,
         "every member says the image does not exist",
         "does not exist in its registry",
     );
-    // Several more looks at the group later, still nobody retired.
+    // Everyone looks again (rung again), still nobody retired.
     let calls = f.proxy.count("DescribeAutoScalingGroups");
-    wait_until("more polls", ROLLOUT, || {
-        (f.proxy.count("DescribeAutoScalingGroups") >= calls + 2 * SIZE).then_some(())
+    f.nudge_all("operator-2");
+    wait_until("another look by every member", ROLLOUT, || {
+        (f.proxy.count("DescribeAutoScalingGroups") >= calls + SIZE).then_some(())
     });
     assert!(f.terminated().is_empty());
     assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), 0);
@@ -173,6 +178,7 @@ fn a_crash_looping_version_halts_the_rollout_after_max_unavailable() {
     let f = fleet("1", &[], "1s", true);
     let originals = f.member_ids();
     f.moto.set_group_tags(&f.group, &[("berth:version", "bad")]);
+    f.nudge_all("operator-1");
     wait_until("one instance retired", ROLLOUT, || {
         (f.terminated().len() == 1).then_some(())
     });
@@ -221,13 +227,21 @@ fn aws_throttling_or_outage_stops_retirements_while_it_lasts() {
     let f = fleet("1", &[], "1s", true);
     let originals = f.member_ids();
     f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    f.nudge_all("operator-1");
     wait_until("the rollout started", ROLLOUT, || {
         (!f.terminated().is_empty()).then_some(())
     });
-    for fault in [Fault::Throttle, Fault::Unavailable] {
+    for (i, fault) in [Fault::Throttle, Fault::Unavailable]
+        .into_iter()
+        .enumerate()
+    {
         f.proxy.set_fault(fault);
         let before = f.terminated().len();
         let members_before = f.moto.group_instance_ids(&f.group);
+        // Members at rest look only every berth:rest-poll: ring them, so
+        // that every member meets the fault (the doorbell is IMDS, which
+        // the fault does not touch).
+        f.nudge_all(&format!("operator-fault-{i}"));
         // A member at rest says "desired state unreadable: …" (message), a
         // replacement booting under the fault "waiting for a valid desired
         // state: …" (reason); both name the failing call.
@@ -258,9 +272,12 @@ fn a_paused_group_retires_nobody_until_resumed() {
     let f = fleet("1", &[("berth:paused", "true")], "1s", true);
     let originals = f.member_ids();
     f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    f.nudge_all("operator-1");
     all_say(&f, "every member says paused", "paused");
     assert!(f.terminated().is_empty());
     f.moto.delete_group_tag(&f.group, "berth:paused");
+    // Resuming rings the doorbell too, as `berth fleet resume` will.
+    f.nudge_all("operator-2");
     wait_rollout(&f, &originals);
     assert_eq!(f.proxy.count("TerminateInstanceInAutoScalingGroup"), SIZE);
 }
@@ -271,6 +288,7 @@ fn an_agent_killed_while_retiring_resumes_and_terminates_once() {
     let f = fleet("1", &[], "4s", false);
     let originals = f.member_ids();
     f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    f.nudge_all("operator-1");
     let victim = wait_until("a member retiring", ROLLOUT, || {
         originals
             .iter()
@@ -309,6 +327,7 @@ fn a_retirement_denied_by_iam_is_aborted_and_the_instance_serves_again() {
     f.proxy
         .set_fault(Fault::Deny("TerminateInstanceInAutoScalingGroup"));
     f.moto.set_group_tags(&f.group, &[("berth:version", "2")]);
+    f.nudge_all("operator-1");
     let aborted = wait_until("a retirement aborted", ROLLOUT, || {
         f.statuses().into_iter().find(|(_, s)| {
             s["message"]
@@ -364,7 +383,7 @@ fn a_nudged_rollout_travels_through_instance_metadata_tags() {
                 f.with_member(id, |m| {
                     m.agent
                         .as_ref()
-                        .is_some_and(|a| a.log().contains("nudged: looking at the group now"))
+                        .is_some_and(|a| a.log().contains("nudged: looking at the group"))
                 })
                 // Already retired: it heard it (it looked and left).
                 .unwrap_or(true)

@@ -31,10 +31,11 @@
 //!   `TerminateInstanceInAutoScalingGroup`; the group launches a replacement
 //!   at once. **A boot**: the agent starts 20 s after launch and reads the
 //!   group (`DescribeAutoScalingGroups`, retried until it answers), tags
-//!   `starting`, looks once (reading the members), is ready 120 s after
-//!   launch, tags `ready` and `ready-since` in one `CreateTags`, and looks
-//!   again to ring the member it admits. No group here has a launch hook,
-//!   so the agent's hook check is its one `DescribeAutoScalingGroups`.
+//!   `starting`, checks its launch hook (one `DescribeAutoScalingGroups`:
+//!   no group here has a hook), is ready 100 s after that read (120 s after
+//!   launch when nothing was throttled), tags `ready` and `ready-since` in
+//!   one `CreateTags`, and then looks for the first time (reading the
+//!   members), to ring the member it admits.
 //! - **Policy**: `berth:max-unavailable` = k, everything else at its
 //!   default: drift grace 60 s, rest-poll 5 min, no canary, bake time or
 //!   alarms; the new image is present.
@@ -526,7 +527,6 @@ impl Sim {
             self.now + AGENT_START.as_millis() as u64,
             Event::BootRead(uid, 1),
         );
-        self.at(self.now + BOOT.as_millis() as u64, Event::Ready(uid));
     }
 }
 
@@ -727,6 +727,12 @@ fn simulate(s: Scenario) -> Outcome {
                     sim.member(uid).berth_state = Some("starting".into());
                     sim.at(t, Event::Tag(uid, false, 1));
                     sim.at(t, Event::HookCheck(uid, 1));
+                    // Pulled and started: ready a boot after launch when
+                    // the boot read was not held up.
+                    sim.at(
+                        t + (BOOT - AGENT_START).as_millis() as u64,
+                        Event::Ready(uid),
+                    );
                     // The driver's first look waits until it is ready.
                     sim.agents[uid].booted = true;
                 } else {
