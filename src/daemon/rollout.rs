@@ -25,9 +25,7 @@ use crate::backoff::{AWS_CALL, Retryable, random_unit};
 use crate::desired::{self, Desired, DriftEntry};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
-use crate::rollout::{
-    self, AlarmCheck, Decision, ImageCheck, MemberView, Observation, Prompt, Snapshot, Wait,
-};
+use crate::rollout::{self, AlarmCheck, Decision, ImageCheck, Observation, Prompt, Snapshot, Wait};
 use crate::runtime::ContainerRuntime;
 use crate::status::AgentState;
 use crate::store::{Retiring, Store};
@@ -333,26 +331,12 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             .members
             .iter()
             .map(|mem| {
-                let t = tags_of.get(&mem.instance_id);
-                let tag = |k: &str| t.and_then(|t| t.get(k).cloned());
-                let ready_since =
-                    tag(tags::TAG_READY_SINCE).and_then(|v| rollout::parse_ready_since(&v));
-                MemberView {
-                    id: mem.instance_id.clone(),
-                    launch_time: m
-                        .launch_times
-                        .get(&mem.instance_id)
-                        .copied()
-                        .unwrap_or(now_s),
-                    in_service: mem.lifecycle_state == tags::IN_SERVICE,
-                    healthy: mem.health_status == tags::HEALTHY,
-                    berth_state: tag(tags::TAG_STATE),
-                    versions: tag(tags::TAG_VERSIONS).and_then(|v| rollout::parse_versions(&v)),
-                    cluster: tag(tags::TAG_PINNED_CLUSTER),
-                    ready_since,
-                    abandoned: rollout::launch_abandoned(&mem.lifecycle_state, ready_since),
-                    nudge: tag(tags::TAG_NUDGE),
-                }
+                let launch = m
+                    .launch_times
+                    .get(&mem.instance_id)
+                    .copied()
+                    .unwrap_or(now_s);
+                super::ec2::member_view(mem, tags_of.get(&mem.instance_id), launch)
             })
             .collect();
         let image = if drift.is_empty() {
