@@ -1252,17 +1252,23 @@ pub struct Ring<'a> {
 /// - Otherwise (an operator's nudge, or its own versions): its place,
 ///   [`nudged_look_in`].
 pub fn on_ring(r: &Ring<'_>) -> (Duration, Option<String>) {
+    let kind = r.value.and_then(ring_kind);
     if r.drifted {
-        return (Duration::ZERO, None);
+        let at = match kind {
+            Some(RingKind::Turn) => r.round,
+            _ => Duration::ZERO,
+        };
+        return (at, None);
     }
     let spread = nudged_look_in(false, r.rank, r.k, r.u);
-    match r.value.and_then(mark_of) {
-        Some(mark) if mark != r.mine => {
+    match (r.value.and_then(mark_of), kind) {
+        (Some(mark), Some(kind)) if mark != r.mine => {
             let window = r.rank / r.k.max(1);
-            let at = if window == 0 {
-                spread
-            } else {
-                (r.grace + r.round * window).saturating_sub(READY_SLACK)
+            let at = match kind {
+                RingKind::Told if window == 0 => spread,
+                RingKind::Told => r.grace + r.round * window + READY_SLACK,
+                RingKind::Turn => r.round,
+                RingKind::Now => Duration::ZERO,
             };
             (at, Some(mark.to_string()))
         }
@@ -1300,9 +1306,42 @@ pub fn change_mark(preferred: &BTreeMap<String, String>, cluster: Option<&str>) 
         .collect()
 }
 
-/// The `berth:nudge` value an agent rings with.
-pub fn nudge_value(mark: &str, me: &str, now_ms: u64) -> String {
-    format!("{mark}.{me}.{now_ms}")
+/// What a nudge tells the member it rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingKind {
+    /// Told of the change: it is in line ([`ring_unaware`]).
+    Told,
+    /// Its turn comes when the ringer's replacement is ready, about a
+    /// round from now ([`ring_on_retire`]).
+    Turn,
+    /// Look now ([`ring_on_ready`], an Unhealthy member's ring).
+    Now,
+}
+
+impl RingKind {
+    fn code(self) -> char {
+        match self {
+            RingKind::Told => 't',
+            RingKind::Turn => 'r',
+            RingKind::Now => 'g',
+        }
+    }
+}
+
+/// The `berth:nudge` value an agent rings with: `<mark>.<kind>.<from>.<ms>`.
+pub fn nudge_value(mark: &str, kind: RingKind, me: &str, now_ms: u64) -> String {
+    format!("{mark}.{}.{me}.{now_ms}", kind.code())
+}
+
+/// The kind of an agent's `berth:nudge` value (`None`: not an agent's).
+pub fn ring_kind(value: &str) -> Option<RingKind> {
+    mark_of(value)?;
+    match value.split('.').nth(1)? {
+        "t" => Some(RingKind::Told),
+        "r" => Some(RingKind::Turn),
+        "g" => Some(RingKind::Now),
+        _ => None,
+    }
 }
 
 /// Whether a `berth:nudge` value carries `mark`.
@@ -1470,12 +1509,23 @@ pub struct Answer {
     pub decision: Decision,
     /// When to look again (before jitter).
     pub next: Duration,
-    /// Whom to ring (`berth:nudge`, [`nudge_value`]) after this look; empty
-    /// without the doorbell.
-    pub ring: Vec<String>,
+    /// Whom to ring (`berth:nudge`, [`nudge_value`]) after this look, and
+    /// with what; empty without the doorbell.
+    pub ring: Vec<(String, RingKind)>,
     /// This instance's rank among its peers (at rest) or in line, for
     /// [`nudged_look_in`].
     pub rank: u32,
+}
+
+impl Answer {
+    /// The members rung with `kind`.
+    pub fn rung(&self, kind: RingKind) -> Vec<String> {
+        self.ring
+            .iter()
+            .filter(|(_, k)| *k == kind)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 }
 
 impl Watch {
@@ -1558,21 +1608,23 @@ impl Watch {
             rest_poll: o.policy.rest_poll,
             doorbell: o.doorbell,
         });
-        let mut ring = Vec::new();
+        let mut ring: Vec<(String, RingKind)> = Vec::new();
         if o.doorbell {
-            ring = ring_unaware(o.snapshot, o.preferred, o.me);
             let more = match (&decision, o.prompt) {
-                (Decision::Retire, _) => {
-                    ring_on_retire(o.snapshot, o.preferred, o.me, o.policy, now_s)
-                }
-                (_, Prompt::BecameReady) if !drifted => {
-                    ring_on_ready(o.snapshot, o.preferred, o.me, o.policy, now_s)
-                }
-                _ => Vec::new(),
+                (Decision::Retire, _) => (
+                    ring_on_retire(o.snapshot, o.preferred, o.me, o.policy, now_s),
+                    RingKind::Turn,
+                ),
+                (_, Prompt::BecameReady) if !drifted => (
+                    ring_on_ready(o.snapshot, o.preferred, o.me, o.policy, now_s),
+                    RingKind::Now,
+                ),
+                _ => (Vec::new(), RingKind::Now),
             };
-            for id in more {
-                if !ring.contains(&id) {
-                    ring.push(id);
+            ring.extend(more.0.into_iter().map(|id| (id, more.1)));
+            for id in ring_unaware(o.snapshot, o.preferred, o.me) {
+                if !ring.iter().any(|(r, _)| *r == id) {
+                    ring.push((id, RingKind::Told));
                 }
             }
         }
@@ -2024,28 +2076,32 @@ mod tests {
                 u: 0.0,
             })
         };
-        let told = nudge_value(&other, "i-x", 1);
-        // In line already: now.
+        let told = nudge_value(&other, RingKind::Told, "i-x", 1);
+        let turn = nudge_value(&other, RingKind::Turn, "i-x", 1);
+        let now = nudge_value(&other, RingKind::Now, "i-x", 1);
+        let round = Duration::from_secs(150);
+        // In line already: now, or a round from now when told its turn.
         assert_eq!(ring(&told, true, 500), (Duration::ZERO, None));
+        assert_eq!(ring(&now, true, 500), (Duration::ZERO, None));
+        assert_eq!(ring(&turn, true, 500), (round, None));
         // Told of another change, in the first window: its place.
+        let hint = Some(other.clone());
         assert_eq!(
             ring(&told, false, 3),
-            (Duration::from_secs(3), Some(other.clone()))
+            (Duration::from_secs(3), hint.clone())
         );
-        // Three windows back: grace + 3 rounds, less the slack.
-        assert_eq!(
-            ring(&told, false, 35),
-            (
-                Duration::from_secs(60 + 450) - READY_SLACK,
-                Some(other.clone())
-            )
-        );
+        // Three windows back: grace + 3 rounds, and the slack.
+        let at = Duration::from_secs(60 + 450) + READY_SLACK;
+        assert_eq!(ring(&told, false, 35), (at, hint.clone()));
+        assert_eq!(ring(&turn, false, 35), (round, hint.clone()));
+        assert_eq!(ring(&now, false, 35), (Duration::ZERO, hint));
+        assert_eq!(ring_kind(&turn), Some(RingKind::Turn));
         // An operator's value, or its own versions: its place, no hint.
         assert_eq!(
             ring("2026-12-06", false, 35),
             (Duration::from_secs(35), None)
         );
-        let own = nudge_value(&mine, "i-x", 1);
+        let own = nudge_value(&mine, RingKind::Told, "i-x", 1);
         assert_eq!(ring(&own, false, 35), (Duration::from_secs(35), None));
         assert_eq!(mark_of(&told), Some(other.as_str()));
         assert_eq!(mark_of("1733500000"), None);
@@ -2112,15 +2168,16 @@ mod tests {
     fn the_first_to_see_a_change_rings_the_line_once() {
         let mut s = base();
         let w = &mut Watch::default();
-        // i-a, the head, retires and rings every unaware member of the line;
-        // its own retirement ring (position 0 + budget 1) is among them.
+        // i-a, the head, retires: it rings i-b, whose turn its replacement
+        // opens (position 0 + budget 1), and tells the rest of the line.
         let a = view(&s, |_| {}, w);
         assert_eq!(a.decision, Decision::Retire);
-        assert_eq!(a.ring, vec!["i-b", "i-c", "i-d"]);
+        assert_eq!(a.rung(RingKind::Turn), vec!["i-b"]);
+        assert_eq!(a.rung(RingKind::Told), vec!["i-c", "i-d"]);
         // Once they carry the change's mark, nobody rings them again.
         let mark = change_mark(&v(NEW), s.cluster.as_deref());
         for m in &mut s.members {
-            m.nudge = Some(nudge_value(&mark, "i-a", 1));
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "i-a", 1));
         }
         let w = &mut Watch::default();
         let b = view(&s, |o| o.me = "i-b", w);
@@ -2129,7 +2186,7 @@ mod tests {
         s.members[2].nudge = Some("2026-12-06".into());
         let w = &mut Watch::default();
         let b = view(&s, |o| o.me = "i-b", w);
-        assert_eq!(b.ring, vec!["i-c".to_string()]);
+        assert_eq!(b.rung(RingKind::Told), vec!["i-c"]);
         // Without the doorbell, nobody rings.
         let w = &mut Watch::default();
         let c = view(&s, |o| o.doorbell = false, w);
@@ -2141,11 +2198,11 @@ mod tests {
         let mut s = base();
         let mark = change_mark(&v(NEW), s.cluster.as_deref());
         for m in &mut s.members {
-            m.nudge = Some(nudge_value(&mark, "x", 1));
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "x", 1));
         }
         let a = view(&s, |_| {}, &mut Watch::default());
         assert_eq!(a.decision, Decision::Retire);
-        assert_eq!(a.ring, vec!["i-b".to_string()]);
+        assert_eq!(a.ring, vec![("i-b".to_string(), RingKind::Turn)]);
         // Budget 2: i-a and i-b go; i-a rings i-c (position 0 + 2).
         let policy = Policy {
             drift_grace: Duration::ZERO,
@@ -2153,7 +2210,7 @@ mod tests {
             ..Policy::default()
         };
         let a = view_with(&s, &policy, |_| {}, &mut Watch::default());
-        assert_eq!(a.ring, vec!["i-c".to_string()]);
+        assert_eq!(a.ring, vec![("i-c".to_string(), RingKind::Turn)]);
     }
 
     #[test]
@@ -2161,7 +2218,7 @@ mod tests {
         let mut s = base();
         let mark = change_mark(&v(NEW), s.cluster.as_deref());
         for m in &mut s.members {
-            m.nudge = Some(nudge_value(&mark, "x", 1));
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "x", 1));
         }
         // i-a was replaced by i-new, now ready: budget 1 admits i-b.
         s.members[0] = member("i-new", 980, true, NEW);
@@ -2175,7 +2232,7 @@ mod tests {
             &mut Watch::default(),
         );
         assert_eq!(a.decision, Decision::Wait(Wait::NoDrift));
-        assert_eq!(a.ring, vec!["i-b".to_string()]);
+        assert_eq!(a.ring, vec![("i-b".to_string(), RingKind::Now)]);
         // On its schedule it rings nobody.
         let a = view(
             &s,

@@ -30,9 +30,9 @@
 //! - **A retirement**: tag `retiring` (one `CreateTags`), ring, drain 30 s,
 //!   `TerminateInstanceInAutoScalingGroup`; the group launches a replacement
 //!   at once. **A boot**: the agent starts 20 s after launch and reads the
-//!   group (`DescribeAutoScalingGroups`, retried until it answers), tags
-//!   `starting`, checks its launch hook (one `DescribeAutoScalingGroups`:
-//!   no group here has a hook), is ready 100 s after that read (120 s after
+//!   group (`DescribeAutoScalingGroups`, retried 1 s … 30 s until it
+//!   answers; the launch-hook check reuses it, and no group here has a
+//!   hook), tags `starting`, is ready 100 s after that read (120 s after
 //!   launch when nothing was throttled), tags `ready` and `ready-since` in
 //!   one `CreateTags`, and then looks for the first time (reading the
 //!   members), to ring the member it admits.
@@ -68,10 +68,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use berth::backoff::{AWS_CALL, JITTER_FRACTION};
+use berth::backoff::{AWS_CALL, DESIRED_STATE, JITTER_FRACTION};
 use berth::rollout::{
     AlarmCheck, Decision, ImageCheck, MaxUnavailable, MemberView, Observation, Policy, Prompt,
-    Ring, Snapshot, Watch, change_mark, nudge_value, on_ring, unavailable,
+    Ring, RingKind, Snapshot, Watch, change_mark, nudge_value, on_ring, unavailable,
 };
 
 /// From launch to ready.
@@ -237,8 +237,6 @@ enum Event {
     Rung(usize),
     /// Agent's boot read (attempt n).
     BootRead(usize, u32),
-    /// Agent's launch-hook check: its member's lifecycle state (attempt n).
-    HookCheck(usize, u32),
     /// Agent tags itself (state): attempt n; `ready` says which.
     Tag(usize, bool, u32),
     Drained(usize),
@@ -406,17 +404,25 @@ impl Sim {
         }
     }
 
-    fn ring(&mut self, from: usize, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
+    fn ring(&mut self, from: usize, ring: Vec<(String, RingKind)>) {
+        for kind in [RingKind::Now, RingKind::Turn, RingKind::Told] {
+            let ids: Vec<String> = ring
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.ring_kind(from, kind, ids);
         }
+    }
+
+    fn ring_kind(&mut self, from: usize, kind: RingKind, ids: Vec<String>) {
         let g = self.agents[from].group;
         for chunk in ids.chunks(1000) {
             if !self.call(from, Api::CreateTags) {
                 continue; // a nudge is a hint: dropped
             }
             let mark = change_mark(self.preferred(g), None);
-            let value = nudge_value(&mark, &self.agents[from].id, self.now);
+            let value = nudge_value(&mark, kind, &self.agents[from].id, self.now);
             for id in chunk {
                 let members = &mut self.groups[g].snapshot.members;
                 if let Some(m) = members.iter_mut().find(|m| &m.id == id) {
@@ -641,7 +647,6 @@ fn simulate(s: Scenario) -> Outcome {
             Event::Look(uid, _)
             | Event::Rung(uid)
             | Event::BootRead(uid, _)
-            | Event::HookCheck(uid, _)
             | Event::Tag(uid, _, _)
             | Event::Drained(uid)
             | Event::Terminate(uid, _)
@@ -726,7 +731,6 @@ fn simulate(s: Scenario) -> Outcome {
                     sim.member(uid).versions = Some(v);
                     sim.member(uid).berth_state = Some("starting".into());
                     sim.at(t, Event::Tag(uid, false, 1));
-                    sim.at(t, Event::HookCheck(uid, 1));
                     // Pulled and started: ready a boot after launch when
                     // the boot read was not held up.
                     sim.at(
@@ -736,14 +740,9 @@ fn simulate(s: Scenario) -> Outcome {
                     // The driver's first look waits until it is ready.
                     sim.agents[uid].booted = true;
                 } else {
-                    let d = sim.retry_in(attempt);
+                    // The boot read retries on its own schedule, 1 s … 30 s.
+                    let d = DESIRED_STATE.delay(attempt, sim.rng.f64()).as_millis() as u64;
                     sim.at(t + d, Event::BootRead(uid, attempt + 1));
-                }
-            }
-            Event::HookCheck(uid, attempt) => {
-                if !sim.call(uid, Api::Asg) {
-                    let d = sim.retry_in(attempt);
-                    sim.at(t + d, Event::HookCheck(uid, attempt + 1));
                 }
             }
             Event::Tag(uid, ready, attempt) => {

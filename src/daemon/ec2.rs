@@ -102,10 +102,16 @@ pub fn spawn(
         }
         .run(),
     );
+    let boot_lifecycle = e
+        .boot_lifecycle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     tracker.spawn(launch_hook(
         e.group.clone(),
         ids.clone(),
         agent.launch_timeout.0,
+        boot_lifecycle,
         report.clone(),
         round.clone(),
     ));
@@ -205,6 +211,7 @@ pub async fn launch_hook<G: GroupApi>(
     group: G,
     ids: Ids,
     timeout: Duration,
+    boot_lifecycle: Option<String>,
     mut report: watch::Receiver<Report>,
     cancel: CancellationToken,
 ) {
@@ -212,21 +219,25 @@ pub async fn launch_hook<G: GroupApi>(
     let deadline = started + timeout;
     // The member's state first: only a member in Pending:Wait has a launch
     // hook to complete, so the others (every agent restart, every group
-    // without a hook) spend no call on the hooks.
-    let state = match retry(
-        &AWS_CALL,
-        "DescribeAutoScalingGroups",
-        &cancel,
-        Some(deadline),
-        || group.describe(&ids.group),
-    )
-    .await
-    {
-        Ok(s) => s
-            .member(&ids.instance_id)
-            .map(|m| m.lifecycle_state.clone())
-            .unwrap_or_default(),
-        Err(_) => return,
+    // without a hook) spend no call on the hooks. The boot read of the
+    // group already told it, when it was taken.
+    let state = match boot_lifecycle {
+        Some(state) => state,
+        None => match retry(
+            &AWS_CALL,
+            "DescribeAutoScalingGroups",
+            &cancel,
+            Some(deadline),
+            || group.describe(&ids.group),
+        )
+        .await
+        {
+            Ok(s) => s
+                .member(&ids.instance_id)
+                .map(|m| m.lifecycle_state.clone())
+                .unwrap_or_default(),
+            Err(_) => return,
+        },
     };
     if state != tags::PENDING_WAIT {
         tracing::debug!(lifecycle_state = %state, "no launch hook waits for this instance");
@@ -482,6 +493,7 @@ pub async fn nudge_on_unhealthy<G: GroupApi>(
     // It runs the preferred versions: its mark is the change's.
     let value = rollout::nudge_value(
         &rollout::change_mark(pin, Some(cluster)),
+        rollout::RingKind::Now,
         &ids.instance_id,
         now_s * 1000,
     );
@@ -1107,7 +1119,7 @@ mod tests {
         assert_eq!(calls.len(), 4, "{calls:?}");
         assert_eq!(calls[0], "SetInstanceHealth i-1", "marked first");
         assert!(
-            calls[3].starts_with("CreateTags i-2 berth:nudge=i-1@"),
+            calls[3].starts_with("CreateTags i-2 berth:nudge=") && calls[3].contains(".g.i-1."),
             "{calls:?}"
         );
     }
@@ -1148,6 +1160,43 @@ mod tests {
         assert!(targets(&g).is_empty());
     }
 
+    /// Most boots (every agent restart, every group without a hook) are not
+    /// in Pending:Wait: they read the group once and the hooks never.
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_not_in_pending_wait_reads_no_hooks() {
+        let g = FakeGroup::default();
+        g.state().lifecycle = tags::IN_SERVICE.into();
+        let (_tx, rx) = watch::channel(Report::default());
+        let timeout = crate::manifest::AgentSettings::default().launch_timeout.0;
+        launch_hook(
+            g.clone(),
+            ids(),
+            timeout,
+            None,
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(g.calls("DescribeAutoScalingGroups").len(), 1);
+        assert!(g.calls("DescribeLifecycleHooks").is_empty());
+        let (_tx, rx) = watch::channel(Report::default());
+        launch_hook(
+            g.clone(),
+            ids(),
+            timeout,
+            Some(tags::IN_SERVICE.into()),
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            g.calls("DescribeAutoScalingGroups").len(),
+            1,
+            "the boot read told it"
+        );
+        assert!(g.calls("DescribeLifecycleHooks").is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_launch_hook_continues_once_ready() {
         let g = FakeGroup::default();
@@ -1162,14 +1211,17 @@ mod tests {
         }
         let (tx, rx) = watch::channel(Report::default());
         let timeout = crate::manifest::AgentSettings::default().launch_timeout.0;
+        // The boot read found it in Pending:Wait: no second read.
         let task = tokio::spawn(launch_hook(
             g.clone(),
             ids(),
             timeout,
+            Some(tags::PENDING_WAIT.into()),
             rx,
             CancellationToken::new(),
         ));
         tokio::time::sleep(Duration::from_secs(250)).await;
+        assert!(g.calls("DescribeAutoScalingGroups").is_empty());
         assert!(
             !g.calls("RecordLifecycleActionHeartbeat").is_empty(),
             "heartbeats while starting"

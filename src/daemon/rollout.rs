@@ -25,7 +25,9 @@ use crate::backoff::{AWS_CALL, Retryable, random_unit};
 use crate::desired::{self, Desired, DriftEntry};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
-use crate::rollout::{self, AlarmCheck, Decision, ImageCheck, Observation, Prompt, Snapshot, Wait};
+use crate::rollout::{
+    self, AlarmCheck, Decision, ImageCheck, Observation, Prompt, RingKind, Snapshot, Wait,
+};
 use crate::runtime::ContainerRuntime;
 use crate::status::AgentState;
 use crate::store::{Retiring, Store};
@@ -120,7 +122,7 @@ struct Memory {
     k: u32,
     grace: Duration,
     /// Whom to ring after this look, and the change's mark to ring with.
-    ring: Vec<String>,
+    ring: Vec<(String, RingKind)>,
     mark: String,
 }
 
@@ -266,31 +268,39 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         }
     }
 
-    /// Rings the doorbell of `ids`: one `CreateTags` per 1,000 members,
-    /// with the change's `mark` ([`rollout::nudge_value`]). A nudge is a
-    /// hint, so a failure is logged and otherwise ignored.
-    async fn ring(&self, mark: &str, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
-        }
-        let value = rollout::nudge_value(
-            mark,
-            &self.ids.instance_id,
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
-        );
-        match self
-            .group
-            .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(members = ids.len(), first = %ids[0], "nudged the next members in line")
+    /// Rings the doorbell of `ring`: one `CreateTags` per kind and 1,000
+    /// members, with the change's `mark` ([`rollout::nudge_value`]). A
+    /// nudge is a hint, so a failure is logged and otherwise ignored.
+    async fn ring(&self, mark: &str, ring: Vec<(String, RingKind)>) {
+        for kind in [RingKind::Now, RingKind::Turn, RingKind::Told] {
+            let ids: Vec<String> = ring
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule")
+            let value = rollout::nudge_value(
+                mark,
+                kind,
+                &self.ids.instance_id,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+            );
+            match self
+                .group
+                .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(members = ids.len(), first = %ids[0], kind = ?kind, "nudged the next members in line")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule")
+                }
             }
         }
     }
@@ -579,16 +589,7 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                 m.last_note = Some(note);
             }
             // Not retiring: ring only the members unaware of the change.
-            m.ring.retain(|id| {
-                !rollout::carries_mark(
-                    look.snapshot
-                        .members
-                        .iter()
-                        .find(|x| &x.id == id)
-                        .and_then(|x| x.nudge.as_deref()),
-                    &m.mark,
-                )
-            });
+            m.ring.retain(|(_, kind)| *kind == RingKind::Told);
             return Some(next);
         }
         let note = match &decision {
@@ -898,7 +899,7 @@ mod tests {
         assert_eq!(calls.len(), 1, "one call: {calls:?}");
         let mark = rollout::change_mark(&rollout::parse_versions("web=2").unwrap(), Some("web"));
         assert!(
-            calls[0].starts_with(&format!("CreateTags i-2 berth:nudge={mark}.i-1.")),
+            calls[0].starts_with(&format!("CreateTags i-2 berth:nudge={mark}.r.i-1.")),
             "{calls:?}"
         );
     }
@@ -915,10 +916,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Its first look read the members: i-2 had not been told of the change.
         let mark = rollout::change_mark(&rollout::parse_versions("web=1").unwrap(), Some("web"));
-        let rung = format!("CreateTags i-2 berth:nudge={mark}.i-1.");
         let calls = g.calls("CreateTags");
         assert_eq!(calls.len(), 1, "{calls:?}");
-        assert!(calls[0].starts_with(&rung), "{calls:?}");
+        let told = format!("CreateTags i-2 berth:nudge={mark}.t.i-1.");
+        assert!(calls[0].starts_with(&told), "{calls:?}");
         r.tagged.send_replace(Some(InstanceState::Starting));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(g.calls("CreateTags").len(), 1, "told once");
@@ -927,7 +928,8 @@ mod tests {
         // Ready: it rings the member its readiness admits.
         let calls = g.calls("CreateTags");
         assert_eq!(calls.len(), 2, "{calls:?}");
-        assert!(calls[1].starts_with(&rung), "{calls:?}");
+        let now = format!("CreateTags i-2 berth:nudge={mark}.g.i-1.");
+        assert!(calls[1].starts_with(&now), "{calls:?}");
         r.cancel.cancel();
         r.task.await.unwrap();
     }
