@@ -263,6 +263,9 @@ struct Slot {
     answer: Result<Option<Credentials>, HelperError>,
 }
 
+/// A (helper, server) pair's slot, locked while its helper runs.
+type SlotRef = Arc<tokio::sync::Mutex<Option<Slot>>>;
+
 /// Runs credential helpers and caches their answers per helper and server.
 ///
 /// Invariant: each (helper, server) pair has one slot, and a helper runs
@@ -273,7 +276,7 @@ pub struct Helpers {
     ttl: Duration,
     /// Where the programs are; `None`: found on `PATH`, as docker does.
     dir: Option<PathBuf>,
-    slots: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Option<Slot>>>>>,
+    slots: Mutex<HashMap<(String, String), SlotRef>>,
 }
 
 impl Default for Helpers {
