@@ -64,7 +64,7 @@
 //! | `store` | the data dir: the pin and the retirement record, private and atomic |
 //! | [`backoff`] | retry and restart schedules, and the one retry loop |
 //! | [`rollout`] | the rollout gate, the polling schedule and the doorbell rules (pure) |
-//! | `runtime` | the `ContainerRuntime` seam and its Docker adapter (the only user of bollard) |
+//! | `runtime` | the `ContainerRuntime` seam and its Docker adapter (the only user of bollard); registry credentials and docker's credential helpers |
 //! | `supervisor` | keeps the pinned containers running: a pure reducer (`state`), its executor, the report, the drain |
 //! | `status` | the status model, the loopback HTTP API, `berth status` |
 //! | `aws` | the AWS adapters (the only users of the AWS SDK) and the `GroupApi` seam |

@@ -42,6 +42,18 @@ pub struct Engine {
     auth: std::sync::Arc<RegistryAuth>,
 }
 
+/// The engine's form of registry credentials: an identity token goes in
+/// `identitytoken` with no user name or password (docker's own mapping).
+fn engine_credentials(c: super::auth::Credentials) -> DockerCredentials {
+    DockerCredentials {
+        username: c.username,
+        password: c.password,
+        serveraddress: Some(c.server),
+        identitytoken: c.identity_token,
+        ..Default::default()
+    }
+}
+
 fn host_from_env() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
 }
@@ -152,12 +164,16 @@ impl Engine {
         if let Some(t) = tag {
             opts = opts.tag(t);
         }
-        let creds = self.credentials(reference, mode).await?;
+        let lookup = self.auth.lookup(reference, mode).await?;
+        let creds = lookup.credentials.map(engine_credentials);
         self.docker
             .create_image(Some(opts.build()), None, creds)
             .try_for_each(|_| async { Ok(()) })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| match lookup.anonymous {
+                Some(why) => format!("{e} ({why})"),
+                None => e.to_string(),
+            })
     }
 
     /// The engine's form of the credentials `mode` gives for `image`.
@@ -170,13 +186,7 @@ impl Engine {
             .auth
             .credentials(image, mode)
             .await?
-            .map(|c| DockerCredentials {
-                username: c.username,
-                password: c.password,
-                serveraddress: Some(c.server),
-                identitytoken: c.identity_token,
-                ..Default::default()
-            }))
+            .map(engine_credentials))
     }
 
     /// Whether `image` exists in its registry (the engine's distribution

@@ -6,6 +6,7 @@
 //! in-process fakes.
 
 pub mod auth;
+pub mod credhelper;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
