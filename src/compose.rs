@@ -30,7 +30,7 @@ use std::time::Duration;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use crate::manifest::{
-    Bytes, Cluster, ContainerSpec, Dur, FieldError, HealthTest, Healthcheck, LogConfig, Manifest,
+    self, Bytes, Cluster, ContainerSpec, Dur, FieldError, HealthTest, Healthcheck, LogConfig, Manifest,
     PullPolicy, RegistryAuthMode, RestartPolicy, parse_bytes,
 };
 
@@ -794,21 +794,9 @@ fn top_volumes(n: &Node, p: &mut Problems) -> BTreeMap<String, VolumeDecl> {
     out
 }
 
-/// One service → one container (what could be read of it, when it has
-/// problems); also the `service_healthy` dependencies to check once every
-/// service is known: (path, line, service).
-#[allow(clippy::type_complexity)]
-fn map_service(
-    name: &str,
-    def: &Node,
-    path: &str,
-    dir: &Path,
-    read: ReadFile,
-    volumes: &BTreeMap<String, VolumeDecl>,
-    p: &mut Problems,
-) -> (ContainerSpec, Origin, Vec<(String, usize, String)>) {
-    let keys = entries(def, path, p).unwrap_or_default();
-    let mut spec = ContainerSpec {
+/// A container with the manifest's defaults, where a service starts.
+fn blank(name: &str) -> ContainerSpec {
+    ContainerSpec {
         name: name.to_string(),
         image: String::new(),
         pull: PullPolicy::default(),
@@ -823,12 +811,31 @@ fn map_service(
         labels: BTreeMap::new(),
         healthcheck: None,
         stop_signal: None,
-        stop_grace_period: Dur(Duration::from_secs(10)),
+        stop_grace_period: manifest::default_grace(),
         memory: None,
         cpus: None,
         log: None,
         depends_on: Vec::new(),
         restart: RestartPolicy::default(),
+    }
+}
+
+/// One service → one container (what could be read of it, when it has
+/// problems); also the `service_healthy` dependencies to check once every
+/// service is known: (path, line, service).
+#[allow(clippy::type_complexity)]
+fn map_service(
+    name: &str,
+    def: &Node,
+    path: &str,
+    dir: &Path,
+    read: ReadFile,
+    volumes: &BTreeMap<String, VolumeDecl>,
+    p: &mut Problems,
+) -> (ContainerSpec, Origin, Vec<(String, usize, String)>) {
+    let mut spec = blank(name);
+    let Some(keys) = entries(def, path, p) else {
+        return (spec, Origin { service: name.to_string(), renames: Vec::new() }, Vec::new());
     };
     let mut origin = Origin {
         service: name.to_string(),
@@ -1041,7 +1048,7 @@ fn env_file(
         match read(&full) {
             Ok(content) => match parse_env_file(&content, raw) {
                 Ok(vars) => out.extend(vars),
-                Err((line, m)) => p.at(&ipath, 0, format!("{file}: line {line}: {m}")),
+                Err((line, m)) => p.at(&ipath, item.line, format!("{file}, line {line}: {m}")),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
             Err(e) => p.at(&ipath, item.line, format!("cannot read {file}: {e}")),
@@ -1358,10 +1365,10 @@ fn healthcheck(n: &Node, path: &str, p: &mut Problems) -> Option<Healthcheck> {
     let keys = entries(n, path, p)?;
     let mut hc = Healthcheck {
         test: HealthTest::Shell(String::new()),
-        interval: Dur(Duration::from_secs(30)),
-        timeout: Dur(Duration::from_secs(30)),
-        retries: 3,
-        start_period: Dur(Duration::ZERO),
+        interval: manifest::default_hc_interval(),
+        timeout: manifest::default_hc_timeout(),
+        retries: manifest::default_hc_retries(),
+        start_period: manifest::default_hc_start(),
     };
     let mut test = None;
     let mut disable = false;
@@ -1615,4 +1622,577 @@ pub fn default_cluster_name(text: &str, file: &Path) -> Option<String> {
         let name = file.file_name()?.to_str()?;
         Some(name.split('.').next().unwrap_or(name).to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "web.compose.yaml";
+    const DIR: &str = "/srv/app";
+
+    /// Env files the tests read, by absolute path.
+    fn files(path: &Path) -> std::io::Result<String> {
+        match path.to_str().unwrap() {
+            "/srv/app/a.env" => Ok("# a comment\n\nA=from-a\nSHARED=a\nexport E=exported\n".into()),
+            "/srv/app/b.env" => Ok("SHARED=b\nQ=\"two\\twords\" # comment\nS='lit $ral'\nU=plain # comment\nV=\n".into()),
+            "/srv/app/raw.env" => Ok("R=\"$kept as is\"\n".into()),
+            "/srv/app/no-value.env" => Ok("OK=1\nFROM_SHELL\n".into()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        }
+    }
+
+    fn map(yaml: &str) -> (Vec<ContainerSpec>, Vec<String>) {
+        let (mapped, errors) = load(yaml, FILE, Path::new(DIR), &files);
+        (
+            mapped.containers,
+            errors.iter().map(ToString::to_string).collect(),
+        )
+    }
+
+    /// The one service `app` with image `r/app:{version}` and `body`
+    /// (its other keys, indented by 4).
+    fn service(body: &str) -> String {
+        format!("services:\n  app:\n    image: \"r/app:{{version}}\"\n{body}")
+    }
+
+    fn app() -> ContainerSpec {
+        ContainerSpec {
+            image: "r/app:{version}".into(),
+            ..blank("app")
+        }
+    }
+
+    fn hc(test: HealthTest) -> Healthcheck {
+        Healthcheck {
+            test,
+            interval: manifest::default_hc_interval(),
+            timeout: manifest::default_hc_timeout(),
+            retries: manifest::default_hc_retries(),
+            start_period: manifest::default_hc_start(),
+        }
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn kv(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_supported_key_in_every_form_maps_onto_the_manifest() {
+        type Want = fn(&mut ContainerSpec);
+        let cases: &[(&str, Want)] = &[
+            ("", |_| {}),
+            // command and entrypoint: a list, a string split as a shell would, null.
+            ("    command: [\"sh\", \"-c\", \"echo hi\"]\n", |c| {
+                c.command = Some(strs(&["sh", "-c", "echo hi"]))
+            }),
+            ("    command: sh -c 'echo \"$$HOME\"'\n", |c| {
+                c.command = Some(strs(&["sh", "-c", "echo \"$HOME\""]))
+            }),
+            ("    command: null\n", |_| {}),
+            ("    command: []\n", |c| c.command = Some(vec![])),
+            ("    entrypoint: /bin/app --flag\n", |c| {
+                c.entrypoint = Some(strs(&["/bin/app", "--flag"]))
+            }),
+            ("    entrypoint: [\"/bin/app\"]\n", |c| {
+                c.entrypoint = Some(strs(&["/bin/app"]))
+            }),
+            // environment: map and list; numbers and booleans as text; $$.
+            (
+                "    environment:\n      A: x\n      N: 5\n      F: 1.5\n      B: true\n      E: \"\"\n      D: a$$b\n",
+                |c| c.env = kv(&[("A", "x"), ("N", "5"), ("F", "1.5"), ("B", "true"), ("E", ""), ("D", "a$b")]),
+            ),
+            ("    environment:\n      - A=x\n      - B=y=z\n      - C=\n", |c| {
+                c.env = kv(&[("A", "x"), ("B", "y=z"), ("C", "")])
+            }),
+            // env_file: one path, a list, the long form; later files win,
+            // environment wins over them; a missing optional file is skipped.
+            ("    env_file: a.env\n", |c| {
+                c.env = kv(&[("A", "from-a"), ("SHARED", "a"), ("E", "exported")])
+            }),
+            (
+                "    env_file:\n      - ./a.env\n      - path: b.env\n        required: true\n      - path: gone.env\n        required: false\n    environment:\n      A: override\n",
+                |c| {
+                    c.env = kv(&[
+                        ("A", "override"),
+                        ("E", "exported"),
+                        ("SHARED", "b"),
+                        ("Q", "two\twords"),
+                        ("S", "lit $ral"),
+                        ("U", "plain"),
+                        ("V", ""),
+                    ])
+                },
+            ),
+            ("    env_file:\n      - path: raw.env\n        format: raw\n", |c| {
+                c.env = kv(&[("R", "\"$kept as is\"")])
+            }),
+            // ports: short (strings, a number) and long.
+            (
+                "    ports:\n      - \"8080:80\"\n      - 9000\n      - 127.0.0.1:53:53/udp\n      - target: 443\n        published: \"8443\"\n        host_ip: 127.0.0.1\n        protocol: tcp\n        mode: host\n        name: https\n        app_protocol: https\n      - target: 81\n        published: 8081\n        protocol: udp\n      - target: 82\n",
+                |c| {
+                    c.ports = strs(&[
+                        "8080:80",
+                        "9000",
+                        "127.0.0.1:53:53/udp",
+                        "127.0.0.1:8443:443",
+                        "8081:81/udp",
+                        "82",
+                    ])
+                },
+            ),
+            // volumes: short and long; relative sources from the file's
+            // directory; named volumes by their engine name.
+            (
+                "    volumes:\n      - /var/log:/log\n      - ./conf:/etc/app:ro\n      - ../shared:/shared:ro,z\n      - data:/data\n      - cache:/cache:rw\n      - type: bind\n        source: ./certs\n        target: /certs\n        read_only: true\n        bind:\n          selinux: Z\n          create_host_path: true\n      - type: volume\n        source: data\n        target: /more\nvolumes:\n  data:\n  cache:\n    name: shared-cache\n    external: true\n",
+                |c| {
+                    c.volumes = strs(&[
+                        "/var/log:/log",
+                        "/srv/app/conf:/etc/app:ro",
+                        "/srv/shared:/shared:ro,z",
+                        "data:/data",
+                        "shared-cache:/cache:rw",
+                        "/srv/app/certs:/certs:ro,Z",
+                        "data:/more",
+                    ])
+                },
+            ),
+            ("    network_mode: host\n", |c| c.network_mode = Some("host".into())),
+            ("    network_mode: container:sidecar\n", |c| {
+                c.network_mode = Some("container:sidecar".into())
+            }),
+            ("    user: \"1000:1000\"\n", |c| c.user = Some("1000:1000".into())),
+            ("    user: 1000\n", |c| c.user = Some("1000".into())),
+            // labels: map and list (a bare key is an empty label).
+            ("    labels:\n      com.example.team: edge\n      n: 1\n", |c| {
+                c.labels = kv(&[("com.example.team", "edge"), ("n", "1")])
+            }),
+            ("    labels:\n      - com.example.team=edge\n      - flag\n", |c| {
+                c.labels = kv(&[("com.example.team", "edge"), ("flag", "")])
+            }),
+            // healthcheck: every test form, durations, disable.
+            (
+                "    healthcheck:\n      test: [\"CMD\", \"curl\", \"-f\", \"http://localhost\"]\n      interval: 1m30s\n      timeout: 1500ms\n      retries: 5\n      start_period: 1h5m30s20ms\n",
+                |c| {
+                    c.healthcheck = Some(Healthcheck {
+                        test: HealthTest::Exec(strs(&["CMD", "curl", "-f", "http://localhost"])),
+                        interval: Dur(Duration::from_secs(90)),
+                        timeout: Dur(Duration::from_millis(1500)),
+                        retries: 5,
+                        start_period: Dur(Duration::from_millis(3_930_020)),
+                    })
+                },
+            ),
+            ("    healthcheck:\n      test: [\"CMD-SHELL\", \"curl -f http://localhost || exit 1\"]\n", |c| {
+                c.healthcheck = Some(hc(HealthTest::Exec(strs(&["CMD-SHELL", "curl -f http://localhost || exit 1"]))))
+            }),
+            ("    healthcheck:\n      test: curl -f http://localhost || exit 1\n", |c| {
+                c.healthcheck = Some(hc(HealthTest::Shell("curl -f http://localhost || exit 1".into())))
+            }),
+            ("    healthcheck:\n      test: [\"NONE\"]\n", |c| {
+                c.healthcheck = Some(hc(HealthTest::Exec(strs(&["NONE"]))))
+            }),
+            ("    healthcheck:\n      disable: true\n", |c| {
+                c.healthcheck = Some(hc(HealthTest::Exec(strs(&["NONE"]))))
+            }),
+            ("    stop_signal: SIGQUIT\n", |c| c.stop_signal = Some("SIGQUIT".into())),
+            ("    stop_grace_period: 1m30s\n", |c| {
+                c.stop_grace_period = Dur(Duration::from_secs(90))
+            }),
+            ("    stop_grace_period: 1.5s\n", |c| {
+                c.stop_grace_period = Dur(Duration::from_millis(1500))
+            }),
+            // memory and CPUs: top-level keys and deploy's; 0 is no limit.
+            ("    mem_limit: 256m\n    cpus: 0.5\n", |c| {
+                c.memory = Some(Bytes(256 << 20));
+                c.cpus = Some(0.5);
+            }),
+            ("    mem_limit: 1gb\n    cpus: \"1.50\"\n", |c| {
+                c.memory = Some(Bytes(1 << 30));
+                c.cpus = Some(1.5);
+            }),
+            ("    mem_limit: 67108864\n", |c| c.memory = Some(Bytes(64 << 20))),
+            ("    mem_limit: 0\n    cpus: 0\n", |_| {}),
+            (
+                "    deploy:\n      resources:\n        limits:\n          cpus: '0.25'\n          memory: 50M\n",
+                |c| {
+                    c.memory = Some(Bytes(50 << 20));
+                    c.cpus = Some(0.25);
+                },
+            ),
+            (
+                "    mem_limit: 50m\n    cpus: 2\n    deploy:\n      resources:\n        limits:\n          cpus: 2\n          memory: 50M\n",
+                |c| {
+                    c.memory = Some(Bytes(50 << 20));
+                    c.cpus = Some(2.0);
+                },
+            ),
+            ("    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n        max-file: 3\n", |c| {
+                c.log = Some(LogConfig {
+                    driver: "json-file".into(),
+                    options: kv(&[("max-size", "10m"), ("max-file", "3")]),
+                })
+            }),
+            ("    logging:\n      driver: none\n", |c| {
+                c.log = Some(LogConfig {
+                    driver: "none".into(),
+                    options: BTreeMap::new(),
+                })
+            }),
+            // restart and pull_policy: what berth does anyway, or its pull policies.
+            ("    restart: unless-stopped\n", |_| {}),
+            ("    restart: always\n", |_| {}),
+            ("    pull_policy: always\n", |c| c.pull = PullPolicy::Always),
+            ("    pull_policy: if_not_present\n", |_| {}),
+            // Extensions are ignored, as Compose ignores them.
+            ("    x-note: anything\n", |_| {}),
+        ];
+        for (body, want) in cases {
+            let (got, errors) = map(&service(body));
+            assert_eq!(errors, Vec::<String>::new(), "{body}");
+            let mut expected = app();
+            want(&mut expected);
+            assert_eq!(got, vec![expected], "{body}");
+        }
+    }
+
+    #[test]
+    fn depends_on_in_both_forms() {
+        let db = "  db:\n    image: \"r/db:{version}\"\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n  cache:\n    image: \"r/cache:{version}\"\n";
+        for body in [
+            "    depends_on: [db, cache]\n",
+            "    depends_on:\n      - db\n      - cache\n",
+            "    depends_on:\n      db:\n        condition: service_healthy\n        restart: false\n        required: true\n      cache:\n",
+            "    depends_on:\n      db:\n        condition: service_started\n      cache:\n        condition: service_started\n",
+        ] {
+            let (got, errors) = map(&format!("{}{db}", service(body)));
+            assert_eq!(errors, Vec::<String>::new(), "{body}");
+            assert_eq!(
+                got.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                ["app", "db", "cache"],
+                "in the file's order"
+            );
+            assert_eq!(got[0].depends_on, strs(&["db", "cache"]), "{body}");
+        }
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys_are_applied() {
+        let yaml = "x-common: &common\n  restart: always\n  labels:\n    team: edge\n  environment: &env\n    A: common\n    B: common\nx-more: &more\n  user: nobody\n  labels:\n    team: ignored\nservices:\n  app:\n    <<: [*common, *more]\n    image: \"r/app:{version}\"\n    environment:\n      <<: *env\n      B: own\n";
+        let (got, errors) = map(yaml);
+        assert_eq!(errors, Vec::<String>::new());
+        let mut want = app();
+        want.labels = kv(&[("team", "edge")]);
+        want.env = kv(&[("A", "common"), ("B", "own")]);
+        want.user = Some("nobody".into());
+        assert_eq!(got, vec![want]);
+    }
+
+    #[test]
+    fn top_level_keys() {
+        for (top, ok) in [
+            ("version: \"3.9\"\n", true),
+            ("name: shop\n", true),
+            ("x-anything:\n  a: 1\n", true),
+            ("networks: {}\n", true),
+            ("networks:\n", true),
+            ("secrets: {}\nconfigs: {}\n", true),
+            ("volumes:\n  data: {}\n", true),
+            ("networks:\n  front: {}\n", false),
+            ("secrets:\n  key:\n    file: ./key\n", false),
+            ("configs:\n  conf:\n    file: ./conf\n", false),
+            ("volumes:\n  data:\n    driver: local\n", false),
+            ("include:\n  - other.yaml\n", false),
+        ] {
+            let (_, errors) = map(&format!("{top}{}", service("")));
+            assert_eq!(errors.is_empty(), ok, "{top}: {errors:?}");
+            if !ok {
+                let key = top.split(':').next().unwrap();
+                assert!(
+                    errors[0].starts_with(&format!("{FILE}: {key}")),
+                    "{top}: {errors:?}"
+                );
+                assert!(errors[0].contains("not supported by berth"), "{errors:?}");
+            }
+        }
+        let (_, errors) = map("version: \"3\"\n");
+        assert_eq!(errors, [format!("{FILE}: services: required")]);
+        let (_, errors) = map("");
+        assert_eq!(errors, [format!("{FILE}: services: required: the file is empty")]);
+        let (_, errors) = map("services: {}\n");
+        assert!(errors[0].contains("at least one service"), "{errors:?}");
+    }
+
+    #[test]
+    fn unsupported_keys_are_named_with_their_path() {
+        for (body, path) in [
+            ("    privileged: true\n", "services.app.privileged"),
+            ("    build: .\n", "services.app.build"),
+            ("    container_name: web\n", "services.app.container_name"),
+            ("    working_dir: /app\n", "services.app.working_dir"),
+            ("    networks: [front]\n", "services.app.networks"),
+            ("    secrets: [key]\n", "services.app.secrets"),
+            ("    cap_add: [NET_ADMIN]\n", "services.app.cap_add"),
+            ("    deploy:\n      replicas: 2\n", "services.app.deploy.replicas"),
+            ("    deploy:\n      resources:\n        reservations:\n          memory: 1g\n", "services.app.deploy.resources.reservations"),
+            ("    deploy:\n      resources:\n        limits:\n          pids: 10\n", "services.app.deploy.resources.limits.pids"),
+            ("    healthcheck:\n      test: \"true\"\n      start_interval: 1s\n", "services.app.healthcheck.start_interval"),
+            ("    logging:\n      driver: x\n      format: y\n", "services.app.logging.format"),
+            ("    ports:\n      - target: 80\n        published: 8080\n        extra: 1\n", "services.app.ports[0].extra"),
+            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        consistency: cached\n", "services.app.volumes[0].consistency"),
+            ("    volumes:\n      - type: volume\n        source: data\n        target: /b\n        volume:\n          nocopy: true\nvolumes:\n  data:\n", "services.app.volumes[0].volume"),
+            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          propagation: shared\n", "services.app.volumes[0].bind.propagation"),
+            ("    depends_on:\n      db:\n        wait: 1\n", "services.app.depends_on.db.wait"),
+            ("    env_file:\n      - path: a.env\n        mode: 1\n", "services.app.env_file[0].mode"),
+        ] {
+            let (_, errors) = map(&service(body));
+            assert!(
+                errors.iter().any(|e| e.starts_with(&format!("{FILE}: {path}: not supported by berth"))),
+                "{body}: want {path}, got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_berth_cannot_express_are_errors_with_their_path() {
+        for (body, path, says) in [
+            ("    environment:\n      - FROM_SHELL\n", "services.app.environment[0]", "has no value"),
+            ("    environment:\n      FROM_SHELL:\n", "services.app.environment.FROM_SHELL", "has no value"),
+            ("    environment:\n      A: ${HOME}\n", "services.app.environment.A", "interpolation"),
+            ("    environment:\n      A: $HOME\n", "services.app.environment.A", "interpolation"),
+            ("    env_file: gone.env\n", "services.app.env_file", "cannot read gone.env"),
+            ("    env_file: no-value.env\n", "services.app.env_file", "no-value.env, line 2: a variable without ="),
+            ("    command: \"sh -c 'oops\"\n", "services.app.command", "unbalanced quotes"),
+            ("    command: 5\n", "services.app.command", "expected a string or a list"),
+            ("    ports:\n      - \"8000-8010:8000-8010\"\n", "services.app.ports[0]", "ranges"),
+            ("    ports:\n      - \"[::1]:80:80\"\n", "services.app.ports[0]", "IPv6"),
+            ("    ports:\n      - target: 80\n        host_ip: 127.0.0.1\n", "services.app.ports[0].published", "host_ip"),
+            ("    ports:\n      - published: 80\n", "services.app.ports[0].target", "required"),
+            ("    ports:\n      - target: 80\n        mode: overlay\n", "services.app.ports[0].mode", "host or ingress"),
+            ("    volumes:\n      - /anonymous\n", "services.app.volumes[0]", "anonymous"),
+            ("    volumes:\n      - ~/data:/data\n", "services.app.volumes[0]", "~"),
+            ("    volumes:\n      - undeclared:/data\n", "services.app.volumes[0]", "not declared"),
+            ("    volumes:\n      - type: tmpfs\n        target: /tmp\n", "services.app.volumes[0].type", "bind and volume"),
+            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          create_host_path: false\n", "services.app.volumes[0].bind.create_host_path", "false"),
+            ("    network_mode: service:db\n", "services.app.network_mode", "service:<name>"),
+            ("    healthcheck:\n      interval: 5s\n", "services.app.healthcheck.test", "required"),
+            ("    healthcheck:\n      test: [\"RUN\", \"x\"]\n", "services.app.healthcheck.test", "CMD, CMD-SHELL or NONE"),
+            ("    healthcheck:\n      test: \"true\"\n      interval: 30\n", "services.app.healthcheck.interval", "needs a unit"),
+            ("    healthcheck:\n      test: \"true\"\n      timeout: 5 seconds\n", "services.app.healthcheck.timeout", "invalid duration"),
+            ("    healthcheck:\n      test: \"true\"\n      retries: -1\n", "services.app.healthcheck.retries", "expected a number of retries"),
+            ("    healthcheck:\n      test: \"true\"\n      disable: true\n", "services.app.healthcheck.disable", "with a test"),
+            ("    mem_limit: lots\n", "services.app.mem_limit", "invalid size"),
+            ("    cpus: many\n", "services.app.cpus", "number of CPUs"),
+            ("    mem_limit: 1g\n    deploy:\n      resources:\n        limits:\n          memory: 2g\n", "services.app.deploy.resources.limits.memory", "differs from mem_limit"),
+            ("    cpus: 1\n    deploy:\n      resources:\n        limits:\n          cpus: 2\n", "services.app.deploy.resources.limits.cpus", "differs from cpus"),
+            ("    logging:\n      options:\n        a: b\n", "services.app.logging.driver", "required"),
+            ("    labels:\n      com.docker.compose.project: x\n", "services.app.labels.com.docker.compose.project", "reserved"),
+            ("    restart: \"no\"\n", "services.app.restart", "always or unless-stopped"),
+            ("    restart: on-failure\n", "services.app.restart", "always or unless-stopped"),
+            ("    pull_policy: build\n", "services.app.pull_policy", "always or missing"),
+            ("    depends_on:\n      db:\n        condition: service_completed_successfully\n", "services.app.depends_on.db.condition", "service_started or service_healthy"),
+            ("    depends_on:\n      db:\n        required: false\n", "services.app.depends_on.db.required", "false"),
+            ("    depends_on:\n      db:\n        restart: true\n", "services.app.depends_on.db.restart", "true"),
+            ("    depends_on: db\n", "services.app.depends_on", "a list or a mapping"),
+            ("    user: [a]\n", "services.app.user", "expected a string, found a list"),
+            ("    stop_grace_period: !custom 1s\n", "services.app.stop_grace_period", "YAML tag !custom"),
+        ] {
+            let (_, errors) = map(&service(body));
+            let hit = errors
+                .iter()
+                .find(|e| e.starts_with(&format!("{FILE}: {path}: ")))
+                .unwrap_or_else(|| panic!("{body}: want {path}, got {errors:?}"));
+            assert!(hit.contains(says), "{body}: {hit}");
+            assert!(hit.contains("(line "), "{body}: {hit}");
+        }
+    }
+
+    #[test]
+    fn interpolation_is_an_error_wherever_a_value_has_it() {
+        let (_, errors) = map("services:\n  app:\n    image: \"r/app:${TAG}\"\n    labels:\n      a: \"$$ok\"\n      b: \"$x\"\n    x-ignored: ${NOT_READ}\n");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{FILE}: services.app.image: variable interpolation")));
+        assert!(errors[1].starts_with(&format!("{FILE}: services.app.labels.b: variable interpolation")));
+        let (got, errors) = map(&service("    labels:\n      price: \"5$ or $$5 or $\"\n"));
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(got[0].labels["price"], "5$ or $5 or $");
+    }
+
+    #[test]
+    fn service_healthy_needs_a_healthcheck() {
+        let yaml = format!(
+            "{}  db:\n    image: \"r/db:{{version}}\"\n  off:\n    image: \"r/off:{{version}}\"\n    healthcheck:\n      test: [\"NONE\"]\n",
+            service("    depends_on:\n      db:\n        condition: service_healthy\n      off:\n        condition: service_healthy\n")
+        );
+        let (_, errors) = map(&yaml);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(&format!(
+            "{FILE}: services.app.depends_on.db.condition: service_healthy, but service db has no healthcheck"
+        )));
+        assert!(errors[1].contains("service off has no healthcheck"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let yaml = "networks:\n  front: {}\nservices:\n  web:\n    privileged: true\n    environment:\n      - FROM_SHELL\n    ports:\n      - \"1-2:1-2\"\n    healthcheck:\n      interval: 5\n  db:\n    image: \"r/db:{version}\"\n    tty: true\n  cache: 5\n";
+        let (got, errors) = map(yaml);
+        let paths: Vec<&str> = errors
+            .iter()
+            .map(|e| e.trim_start_matches(&format!("{FILE}: ")).split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "networks",
+                "services.web.privileged",
+                "services.web.environment[0]",
+                "services.web.ports[0]",
+                "services.web.healthcheck.interval",
+                "services.web.healthcheck.test",
+                "services.web.image",
+                "services.db.tty",
+                "services.cache",
+            ],
+            "{errors:#?}"
+        );
+        // Every service still gives a container, for the manifest's checks.
+        assert_eq!(
+            got.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["web", "db", "cache"]
+        );
+    }
+
+    #[test]
+    fn yaml_errors_give_the_line_and_no_value() {
+        for (yaml, says) in [
+            ("services:\n  web:\n    image: a\n    image: b\n", "line 4, column 5: duplicated key"),
+            ("services:\n  web: [\n", "line 3"),
+            ("services: {}\n---\nservices: {}\n", "2 YAML documents"),
+        ] {
+            let (got, errors) = map(yaml);
+            assert!(got.is_empty());
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains(says), "{yaml}: {errors:?}");
+        }
+        let (_, errors) = map(&service("    environment:\n      A: [\"hunter2\"]\n"));
+        assert!(errors[0].contains("expected a string, found a list"), "{errors:?}");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn validation_problems_are_named_by_their_compose_keys() {
+        let yaml = "services:\n  Web:\n    image: web:latest\n  app:\n    image: \"r/app:{version}\"\n    environment:\n      A: x\n    ports: [\"99999:80\"]\n    mem_limit: 1k\n    deploy:\n      resources:\n        limits:\n          cpus: 99999\n    logging:\n      driver: \"\"\n    depends_on:\n      ghost:\n    healthcheck:\n      test: \"true\"\n      retries: 0\n  broken: 7\n";
+        let (mapped, mapping) = load(yaml, FILE, Path::new(DIR), &files);
+        assert_eq!(mapping.len(), 1, "{mapping:?}");
+        let m = Manifest {
+            agent: Default::default(),
+            clusters: [("web".to_string(), Cluster::from_compose(mapped))].into(),
+        };
+        let paths: Vec<String> = m.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "services.Web",
+                "services.Web.image",
+                "services.app.ports[0]",
+                "services.app.healthcheck.retries",
+                "services.app.mem_limit",
+                "services.app.deploy.resources.limits.cpus",
+                "services.app.logging.driver",
+                "services.app.depends_on.ghost",
+            ]
+            .map(|p| format!("{FILE}: {p}")),
+            "the broken service's own problem is reported once, by the mapping"
+        );
+    }
+
+    #[test]
+    fn compose_durations() {
+        for (s, want) in [
+            ("0", Duration::ZERO),
+            ("10ms", Duration::from_millis(10)),
+            ("40s", Duration::from_secs(40)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1h5m30s20ms", Duration::from_millis(3_930_020)),
+            ("1.5s", Duration::from_millis(1500)),
+            (".5s", Duration::from_millis(500)),
+            ("1500us", Duration::from_micros(1500)),
+            ("2µs", Duration::from_micros(2)),
+            ("7ns", Duration::from_nanos(7)),
+        ] {
+            assert_eq!(parse_duration(s), Ok(want), "{s}");
+        }
+        for s in ["", "10", "1d", "1m30", "s", "1..5s", "1 s", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn env_file_format() {
+        let text = "# comment\n\nA=1\nexport B=2\nC=\"q \\\"x\\\" \\n\" # c\nD='single $ kept'\nE=unquoted # comment\nF=no# comment\nG=\nH = spaced\n";
+        assert_eq!(
+            parse_env_file(text, false),
+            Ok(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("C".into(), "q \"x\" \n".into()),
+                ("D".into(), "single $ kept".into()),
+                ("E".into(), "unquoted".into()),
+                ("F".into(), "no# comment".into()),
+                ("G".into(), "".into()),
+                ("H".into(), "spaced".into()),
+            ])
+        );
+        for (text, line) in [
+            ("A=1\nB\n", 2),
+            ("A=$HOME\n", 1),
+            ("A=\"${HOME}\"\n", 1),
+            ("A=\"open\n", 1),
+            ("A='x' y\n", 1),
+            ("=x\n", 1),
+        ] {
+            assert_eq!(parse_env_file(text, false).map_err(|e| e.0), Err(line), "{text}");
+        }
+        assert_eq!(
+            parse_env_file("A=\"$raw\" # all of it\n", true),
+            Ok(vec![("A".into(), "\"$raw\" # all of it".into())])
+        );
+        let (_, m) = parse_env_file("SECRET=\"hunter2\n", false).unwrap_err();
+        assert!(!m.contains("hunter2"), "{m}");
+    }
+
+    #[test]
+    fn the_default_cluster_name() {
+        let f = Path::new("deploy/web.compose.yaml");
+        assert_eq!(default_cluster_name("name: shop\nservices: {}\n", f).as_deref(), Some("shop"));
+        assert_eq!(default_cluster_name("services: {}\n", f).as_deref(), Some("web"));
+        assert_eq!(
+            default_cluster_name("services: {}\n", Path::new("compose.yaml")).as_deref(),
+            Some("compose")
+        );
+    }
+
+    #[test]
+    fn import_prints_toml_that_loads_as_the_same_containers() {
+        let yaml = service("    environment:\n      A: \"x\\\"y\"\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1m30s\n      timeout: 1500ms\n    mem_limit: 256m\n    cpus: 0.5\n    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n    ports: [\"8080:80\"]\n    volumes: [\"./d:/d\"]\n    stop_grace_period: 1m\n    pull_policy: always\n") + "  db:\n    image: \"r/db:{version}\"\n    depends_on: [app]\n";
+        let toml = import(&yaml, FILE, Path::new(DIR), &files, "shop").unwrap();
+        assert!(toml.contains("[clusters.shop]\n"), "{toml}");
+        assert!(toml.contains("[[clusters.shop.containers]]\n"), "{toml}");
+        let loaded = Manifest::parse(&toml, Path::new("m.toml")).unwrap();
+        let (mapped, errors) = load(&yaml, FILE, Path::new(DIR), &files);
+        assert!(errors.is_empty());
+        assert_eq!(loaded.clusters["shop"].containers, mapped.containers);
+        assert_eq!(loaded.clusters["shop"].compose, None);
+        let err = import(&service("    tty: true\n"), FILE, Path::new(DIR), &files, "shop")
+            .unwrap_err();
+        assert_eq!(err[0].path, format!("{FILE}: services.app.tty"));
+        let err = import(&service(""), FILE, Path::new(DIR), &files, "Shop").unwrap_err();
+        assert_eq!(err[0].path, "clusters.Shop");
+    }
 }

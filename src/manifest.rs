@@ -403,7 +403,7 @@ impl ContainerSpec {
 fn is_default_auth(m: &RegistryAuthMode) -> bool {
     *m == RegistryAuthMode::Auto
 }
-fn default_grace() -> Dur {
+pub(crate) fn default_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
 fn is_default_grace(d: &Dur) -> bool {
@@ -429,16 +429,16 @@ pub struct Healthcheck {
     pub start_period: Dur,
 }
 
-fn default_hc_interval() -> Dur {
+pub(crate) fn default_hc_interval() -> Dur {
     Dur(Duration::from_secs(30))
 }
-fn default_hc_timeout() -> Dur {
+pub(crate) fn default_hc_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
-fn default_hc_retries() -> u32 {
+pub(crate) fn default_hc_retries() -> u32 {
     3
 }
-fn default_hc_start() -> Dur {
+pub(crate) fn default_hc_start() -> Dur {
     Dur(Duration::ZERO)
 }
 
@@ -1327,6 +1327,86 @@ image = "b:{version}"
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
         assert!(err.contains("duplicate container name"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_from_a_compose_file_beside_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("compose")).unwrap();
+        std::fs::write(
+            dir.path().join("compose/web.compose.yaml"),
+            "services:\n  db:\n    image: \"r/db:{version}\"\n    env_file: db.env\n    volumes: [\"./data:/data\"]\n  app:\n    image: \"r/app:{version}\"\n    depends_on: [db]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("compose/db.env"), "PASSWORD=x\n").unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = "[clusters.web]\ncompose = \"compose/web.compose.yaml\"\n";
+        let m = Manifest::parse(text, &path).expect("valid");
+        let web = &m.clusters["web"];
+        let names: Vec<&str> = web.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["db", "app"]);
+        assert_eq!(web.containers[0].env["PASSWORD"], "x", "relative to the compose file");
+        assert_eq!(
+            web.containers[0].volumes,
+            [format!("{}/compose/data:/data", dir.path().display())]
+        );
+        assert_eq!(
+            start_order(&web.containers).unwrap(),
+            vec![vec!["db".to_string()], vec!["app".to_string()]]
+        );
+    }
+
+    #[test]
+    fn compose_problems_come_with_the_manifest_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.compose.yaml"),
+            "services:\n  web:\n    image: web:latest\n    privileged: true\n",
+        )
+        .unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = "[agent]\nstatus_addr = \"nowhere\"\n[clusters.web]\ncompose = \"web.compose.yaml\"\n[clusters.both]\ncompose = \"web.compose.yaml\"\n[[clusters.both.containers]]\nname = \"a\"\nimage = \"a:{version}\"\n[clusters.gone]\ncompose = \"gone.yaml\"\n[clusters.none]\n";
+        let Err(ManifestError::Invalid { errors, .. }) = Manifest::parse(text, &path) else {
+            panic!("expected validation errors")
+        };
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "clusters.both",
+                "clusters.gone.compose",
+                "web.compose.yaml: services.web.privileged",
+                "agent.status_addr",
+                "clusters.none.containers",
+                "web.compose.yaml: services.web.image",
+            ],
+            "{shown:#?}"
+        );
+        assert!(shown[0].contains("has both containers and compose"), "{shown:?}");
+        assert!(shown[1].contains("cannot read gone.yaml"), "{shown:?}");
+        assert!(
+            shown[2].starts_with("web.compose.yaml: services.web.privileged: not supported by berth"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn healthcheck_none_disables_the_image_healthcheck() {
+        let m = parse(&GOOD.replace(
+            "healthcheck = { test = \"true\", interval = \"1s\", retries = 2 }",
+            "healthcheck = { test = [\"NONE\"] }",
+        ))
+        .unwrap();
+        let app = &m.clusters["web"].containers[1];
+        assert!(app.healthcheck.is_some());
+        assert!(!app.has_healthcheck(), "nothing to wait for");
+        assert!(parse(GOOD).unwrap().clusters["web"].containers[1].has_healthcheck());
+        let bad = GOOD.replace(
+            "healthcheck = { test = \"true\", interval = \"1s\", retries = 2 }",
+            "healthcheck = { test = [\"NONE\", \"x\"] }",
+        );
+        assert!(parse(&bad).unwrap_err().to_string().contains("healthcheck.test"));
     }
 
     #[test]
