@@ -30,8 +30,8 @@ use std::time::Duration;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use crate::manifest::{
-    self, Bytes, Cluster, ContainerSpec, Dur, FieldError, HealthTest, Healthcheck, LogConfig, Manifest,
-    PullPolicy, RegistryAuthMode, RestartPolicy, parse_bytes,
+    self, Bytes, Cluster, ContainerSpec, Dur, FieldError, HealthTest, Healthcheck, LogConfig,
+    Manifest, PullPolicy, RegistryAuthMode, RestartPolicy, parse_bytes,
 };
 
 /// Reads an env file (the real file system, or a table in tests).
@@ -835,7 +835,14 @@ fn map_service(
 ) -> (ContainerSpec, Origin, Vec<(String, usize, String)>) {
     let mut spec = blank(name);
     let Some(keys) = entries(def, path, p) else {
-        return (spec, Origin { service: name.to_string(), renames: Vec::new() }, Vec::new());
+        return (
+            spec,
+            Origin {
+                service: name.to_string(),
+                renames: Vec::new(),
+            },
+            Vec::new(),
+        );
     };
     let mut origin = Origin {
         service: name.to_string(),
@@ -1635,7 +1642,10 @@ mod tests {
     fn files(path: &Path) -> std::io::Result<String> {
         match path.to_str().unwrap() {
             "/srv/app/a.env" => Ok("# a comment\n\nA=from-a\nSHARED=a\nexport E=exported\n".into()),
-            "/srv/app/b.env" => Ok("SHARED=b\nQ=\"two\\twords\" # comment\nS='lit $ral'\nU=plain # comment\nV=\n".into()),
+            "/srv/app/b.env" => Ok(
+                "SHARED=b\nQ=\"two\\twords\" # comment\nS='lit $ral'\nU=plain # comment\nV=\n"
+                    .into(),
+            ),
             "/srv/app/raw.env" => Ok("R=\"$kept as is\"\n".into()),
             "/srv/app/no-value.env" => Ok("OK=1\nFROM_SHELL\n".into()),
             _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
@@ -1706,11 +1716,21 @@ mod tests {
             // environment: map and list; numbers and booleans as text; $$.
             (
                 "    environment:\n      A: x\n      N: 5\n      F: 1.5\n      B: true\n      E: \"\"\n      D: a$$b\n",
-                |c| c.env = kv(&[("A", "x"), ("N", "5"), ("F", "1.5"), ("B", "true"), ("E", ""), ("D", "a$b")]),
+                |c| {
+                    c.env = kv(&[
+                        ("A", "x"),
+                        ("N", "5"),
+                        ("F", "1.5"),
+                        ("B", "true"),
+                        ("E", ""),
+                        ("D", "a$b"),
+                    ])
+                },
             ),
-            ("    environment:\n      - A=x\n      - B=y=z\n      - C=\n", |c| {
-                c.env = kv(&[("A", "x"), ("B", "y=z"), ("C", "")])
-            }),
+            (
+                "    environment:\n      - A=x\n      - B=y=z\n      - C=\n",
+                |c| c.env = kv(&[("A", "x"), ("B", "y=z"), ("C", "")]),
+            ),
             // env_file: one path, a list, the long form; later files win,
             // environment wins over them; a missing optional file is skipped.
             ("    env_file: a.env\n", |c| {
@@ -1730,9 +1750,10 @@ mod tests {
                     ])
                 },
             ),
-            ("    env_file:\n      - path: raw.env\n        format: raw\n", |c| {
-                c.env = kv(&[("R", "\"$kept as is\"")])
-            }),
+            (
+                "    env_file:\n      - path: raw.env\n        format: raw\n",
+                |c| c.env = kv(&[("R", "\"$kept as is\"")]),
+            ),
             // ports: short (strings, a number) and long.
             (
                 "    ports:\n      - \"8080:80\"\n      - 9000\n      - 127.0.0.1:53:53/udp\n      - target: 443\n        published: \"8443\"\n        host_ip: 127.0.0.1\n        protocol: tcp\n        mode: host\n        name: https\n        app_protocol: https\n      - target: 81\n        published: 8081\n        protocol: udp\n      - target: 82\n",
@@ -1763,19 +1784,25 @@ mod tests {
                     ])
                 },
             ),
-            ("    network_mode: host\n", |c| c.network_mode = Some("host".into())),
+            ("    network_mode: host\n", |c| {
+                c.network_mode = Some("host".into())
+            }),
             ("    network_mode: container:sidecar\n", |c| {
                 c.network_mode = Some("container:sidecar".into())
             }),
-            ("    user: \"1000:1000\"\n", |c| c.user = Some("1000:1000".into())),
+            ("    user: \"1000:1000\"\n", |c| {
+                c.user = Some("1000:1000".into())
+            }),
             ("    user: 1000\n", |c| c.user = Some("1000".into())),
             // labels: map and list (a bare key is an empty label).
-            ("    labels:\n      com.example.team: edge\n      n: 1\n", |c| {
-                c.labels = kv(&[("com.example.team", "edge"), ("n", "1")])
-            }),
-            ("    labels:\n      - com.example.team=edge\n      - flag\n", |c| {
-                c.labels = kv(&[("com.example.team", "edge"), ("flag", "")])
-            }),
+            (
+                "    labels:\n      com.example.team: edge\n      n: 1\n",
+                |c| c.labels = kv(&[("com.example.team", "edge"), ("n", "1")]),
+            ),
+            (
+                "    labels:\n      - com.example.team=edge\n      - flag\n",
+                |c| c.labels = kv(&[("com.example.team", "edge"), ("flag", "")]),
+            ),
             // healthcheck: every test form, durations, disable.
             (
                 "    healthcheck:\n      test: [\"CMD\", \"curl\", \"-f\", \"http://localhost\"]\n      interval: 1m30s\n      timeout: 1500ms\n      retries: 5\n      start_period: 1h5m30s20ms\n",
@@ -1789,19 +1816,32 @@ mod tests {
                     })
                 },
             ),
-            ("    healthcheck:\n      test: [\"CMD-SHELL\", \"curl -f http://localhost || exit 1\"]\n", |c| {
-                c.healthcheck = Some(hc(HealthTest::Exec(strs(&["CMD-SHELL", "curl -f http://localhost || exit 1"]))))
-            }),
-            ("    healthcheck:\n      test: curl -f http://localhost || exit 1\n", |c| {
-                c.healthcheck = Some(hc(HealthTest::Shell("curl -f http://localhost || exit 1".into())))
-            }),
+            (
+                "    healthcheck:\n      test: [\"CMD-SHELL\", \"curl -f http://localhost || exit 1\"]\n",
+                |c| {
+                    c.healthcheck = Some(hc(HealthTest::Exec(strs(&[
+                        "CMD-SHELL",
+                        "curl -f http://localhost || exit 1",
+                    ]))))
+                },
+            ),
+            (
+                "    healthcheck:\n      test: curl -f http://localhost || exit 1\n",
+                |c| {
+                    c.healthcheck = Some(hc(HealthTest::Shell(
+                        "curl -f http://localhost || exit 1".into(),
+                    )))
+                },
+            ),
             ("    healthcheck:\n      test: [\"NONE\"]\n", |c| {
                 c.healthcheck = Some(hc(HealthTest::Exec(strs(&["NONE"]))))
             }),
             ("    healthcheck:\n      disable: true\n", |c| {
                 c.healthcheck = Some(hc(HealthTest::Exec(strs(&["NONE"]))))
             }),
-            ("    stop_signal: SIGQUIT\n", |c| c.stop_signal = Some("SIGQUIT".into())),
+            ("    stop_signal: SIGQUIT\n", |c| {
+                c.stop_signal = Some("SIGQUIT".into())
+            }),
             ("    stop_grace_period: 1m30s\n", |c| {
                 c.stop_grace_period = Dur(Duration::from_secs(90))
             }),
@@ -1817,7 +1857,9 @@ mod tests {
                 c.memory = Some(Bytes(1 << 30));
                 c.cpus = Some(1.5);
             }),
-            ("    mem_limit: 67108864\n", |c| c.memory = Some(Bytes(64 << 20))),
+            ("    mem_limit: 67108864\n", |c| {
+                c.memory = Some(Bytes(64 << 20))
+            }),
             ("    mem_limit: 0\n    cpus: 0\n", |_| {}),
             (
                 "    deploy:\n      resources:\n        limits:\n          cpus: '0.25'\n          memory: 50M\n",
@@ -1833,12 +1875,15 @@ mod tests {
                     c.cpus = Some(2.0);
                 },
             ),
-            ("    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n        max-file: 3\n", |c| {
-                c.log = Some(LogConfig {
-                    driver: "json-file".into(),
-                    options: kv(&[("max-size", "10m"), ("max-file", "3")]),
-                })
-            }),
+            (
+                "    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n        max-file: 3\n",
+                |c| {
+                    c.log = Some(LogConfig {
+                        driver: "json-file".into(),
+                        options: kv(&[("max-size", "10m"), ("max-file", "3")]),
+                    })
+                },
+            ),
             ("    logging:\n      driver: none\n", |c| {
                 c.log = Some(LogConfig {
                     driver: "none".into(),
@@ -1924,7 +1969,10 @@ mod tests {
         let (_, errors) = map("version: \"3\"\n");
         assert_eq!(errors, [format!("{FILE}: services: required")]);
         let (_, errors) = map("");
-        assert_eq!(errors, [format!("{FILE}: services: required: the file is empty")]);
+        assert_eq!(
+            errors,
+            [format!("{FILE}: services: required: the file is empty")]
+        );
         let (_, errors) = map("services: {}\n");
         assert!(errors[0].contains("at least one service"), "{errors:?}");
     }
@@ -1939,21 +1987,56 @@ mod tests {
             ("    networks: [front]\n", "services.app.networks"),
             ("    secrets: [key]\n", "services.app.secrets"),
             ("    cap_add: [NET_ADMIN]\n", "services.app.cap_add"),
-            ("    deploy:\n      replicas: 2\n", "services.app.deploy.replicas"),
-            ("    deploy:\n      resources:\n        reservations:\n          memory: 1g\n", "services.app.deploy.resources.reservations"),
-            ("    deploy:\n      resources:\n        limits:\n          pids: 10\n", "services.app.deploy.resources.limits.pids"),
-            ("    healthcheck:\n      test: \"true\"\n      start_interval: 1s\n", "services.app.healthcheck.start_interval"),
-            ("    logging:\n      driver: x\n      format: y\n", "services.app.logging.format"),
-            ("    ports:\n      - target: 80\n        published: 8080\n        extra: 1\n", "services.app.ports[0].extra"),
-            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        consistency: cached\n", "services.app.volumes[0].consistency"),
-            ("    volumes:\n      - type: volume\n        source: data\n        target: /b\n        volume:\n          nocopy: true\nvolumes:\n  data:\n", "services.app.volumes[0].volume"),
-            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          propagation: shared\n", "services.app.volumes[0].bind.propagation"),
-            ("    depends_on:\n      db:\n        wait: 1\n", "services.app.depends_on.db.wait"),
-            ("    env_file:\n      - path: a.env\n        mode: 1\n", "services.app.env_file[0].mode"),
+            (
+                "    deploy:\n      replicas: 2\n",
+                "services.app.deploy.replicas",
+            ),
+            (
+                "    deploy:\n      resources:\n        reservations:\n          memory: 1g\n",
+                "services.app.deploy.resources.reservations",
+            ),
+            (
+                "    deploy:\n      resources:\n        limits:\n          pids: 10\n",
+                "services.app.deploy.resources.limits.pids",
+            ),
+            (
+                "    healthcheck:\n      test: \"true\"\n      start_interval: 1s\n",
+                "services.app.healthcheck.start_interval",
+            ),
+            (
+                "    logging:\n      driver: x\n      format: y\n",
+                "services.app.logging.format",
+            ),
+            (
+                "    ports:\n      - target: 80\n        published: 8080\n        extra: 1\n",
+                "services.app.ports[0].extra",
+            ),
+            (
+                "    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        consistency: cached\n",
+                "services.app.volumes[0].consistency",
+            ),
+            (
+                "    volumes:\n      - type: volume\n        source: data\n        target: /b\n        volume:\n          nocopy: true\nvolumes:\n  data:\n",
+                "services.app.volumes[0].volume",
+            ),
+            (
+                "    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          propagation: shared\n",
+                "services.app.volumes[0].bind.propagation",
+            ),
+            (
+                "    depends_on:\n      db:\n        wait: 1\n",
+                "services.app.depends_on.db.wait",
+            ),
+            (
+                "    env_file:\n      - path: a.env\n        mode: 1\n",
+                "services.app.env_file[0].mode",
+            ),
         ] {
             let (_, errors) = map(&service(body));
             assert!(
-                errors.iter().any(|e| e.starts_with(&format!("{FILE}: {path}: not supported by berth"))),
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(&format!("{FILE}: {path}: not supported by berth"))),
                 "{body}: want {path}, got {errors:?}"
             );
         }
@@ -1962,46 +2045,202 @@ mod tests {
     #[test]
     fn values_berth_cannot_express_are_errors_with_their_path() {
         for (body, path, says) in [
-            ("    environment:\n      - FROM_SHELL\n", "services.app.environment[0]", "has no value"),
-            ("    environment:\n      FROM_SHELL:\n", "services.app.environment.FROM_SHELL", "has no value"),
-            ("    environment:\n      A: ${HOME}\n", "services.app.environment.A", "interpolation"),
-            ("    environment:\n      A: $HOME\n", "services.app.environment.A", "interpolation"),
-            ("    env_file: gone.env\n", "services.app.env_file", "cannot read gone.env"),
-            ("    env_file: no-value.env\n", "services.app.env_file", "no-value.env, line 2: a variable without ="),
-            ("    command: \"sh -c 'oops\"\n", "services.app.command", "unbalanced quotes"),
-            ("    command: 5\n", "services.app.command", "expected a string or a list"),
-            ("    ports:\n      - \"8000-8010:8000-8010\"\n", "services.app.ports[0]", "ranges"),
-            ("    ports:\n      - \"[::1]:80:80\"\n", "services.app.ports[0]", "IPv6"),
-            ("    ports:\n      - target: 80\n        host_ip: 127.0.0.1\n", "services.app.ports[0].published", "host_ip"),
-            ("    ports:\n      - published: 80\n", "services.app.ports[0].target", "required"),
-            ("    ports:\n      - target: 80\n        mode: overlay\n", "services.app.ports[0].mode", "host or ingress"),
-            ("    volumes:\n      - /anonymous\n", "services.app.volumes[0]", "anonymous"),
-            ("    volumes:\n      - ~/data:/data\n", "services.app.volumes[0]", "~"),
-            ("    volumes:\n      - undeclared:/data\n", "services.app.volumes[0]", "not declared"),
-            ("    volumes:\n      - type: tmpfs\n        target: /tmp\n", "services.app.volumes[0].type", "bind and volume"),
-            ("    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          create_host_path: false\n", "services.app.volumes[0].bind.create_host_path", "false"),
-            ("    network_mode: service:db\n", "services.app.network_mode", "service:<name>"),
-            ("    healthcheck:\n      interval: 5s\n", "services.app.healthcheck.test", "required"),
-            ("    healthcheck:\n      test: [\"RUN\", \"x\"]\n", "services.app.healthcheck.test", "CMD, CMD-SHELL or NONE"),
-            ("    healthcheck:\n      test: \"true\"\n      interval: 30\n", "services.app.healthcheck.interval", "needs a unit"),
-            ("    healthcheck:\n      test: \"true\"\n      timeout: 5 seconds\n", "services.app.healthcheck.timeout", "invalid duration"),
-            ("    healthcheck:\n      test: \"true\"\n      retries: -1\n", "services.app.healthcheck.retries", "expected a number of retries"),
-            ("    healthcheck:\n      test: \"true\"\n      disable: true\n", "services.app.healthcheck.disable", "with a test"),
-            ("    mem_limit: lots\n", "services.app.mem_limit", "invalid size"),
+            (
+                "    environment:\n      - FROM_SHELL\n",
+                "services.app.environment[0]",
+                "has no value",
+            ),
+            (
+                "    environment:\n      FROM_SHELL:\n",
+                "services.app.environment.FROM_SHELL",
+                "has no value",
+            ),
+            (
+                "    environment:\n      A: ${HOME}\n",
+                "services.app.environment.A",
+                "interpolation",
+            ),
+            (
+                "    environment:\n      A: $HOME\n",
+                "services.app.environment.A",
+                "interpolation",
+            ),
+            (
+                "    env_file: gone.env\n",
+                "services.app.env_file",
+                "cannot read gone.env",
+            ),
+            (
+                "    env_file: no-value.env\n",
+                "services.app.env_file",
+                "no-value.env, line 2: a variable without =",
+            ),
+            (
+                "    command: \"sh -c 'oops\"\n",
+                "services.app.command",
+                "unbalanced quotes",
+            ),
+            (
+                "    command: 5\n",
+                "services.app.command",
+                "expected a string or a list",
+            ),
+            (
+                "    ports:\n      - \"8000-8010:8000-8010\"\n",
+                "services.app.ports[0]",
+                "ranges",
+            ),
+            (
+                "    ports:\n      - \"[::1]:80:80\"\n",
+                "services.app.ports[0]",
+                "IPv6",
+            ),
+            (
+                "    ports:\n      - target: 80\n        host_ip: 127.0.0.1\n",
+                "services.app.ports[0].published",
+                "host_ip",
+            ),
+            (
+                "    ports:\n      - published: 80\n",
+                "services.app.ports[0].target",
+                "required",
+            ),
+            (
+                "    ports:\n      - target: 80\n        mode: overlay\n",
+                "services.app.ports[0].mode",
+                "host or ingress",
+            ),
+            (
+                "    volumes:\n      - /anonymous\n",
+                "services.app.volumes[0]",
+                "anonymous",
+            ),
+            (
+                "    volumes:\n      - ~/data:/data\n",
+                "services.app.volumes[0]",
+                "~",
+            ),
+            (
+                "    volumes:\n      - undeclared:/data\n",
+                "services.app.volumes[0]",
+                "not declared",
+            ),
+            (
+                "    volumes:\n      - type: tmpfs\n        target: /tmp\n",
+                "services.app.volumes[0].type",
+                "bind and volume",
+            ),
+            (
+                "    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind:\n          create_host_path: false\n",
+                "services.app.volumes[0].bind.create_host_path",
+                "false",
+            ),
+            (
+                "    network_mode: service:db\n",
+                "services.app.network_mode",
+                "service:<name>",
+            ),
+            (
+                "    healthcheck:\n      interval: 5s\n",
+                "services.app.healthcheck.test",
+                "required",
+            ),
+            (
+                "    healthcheck:\n      test: [\"RUN\", \"x\"]\n",
+                "services.app.healthcheck.test",
+                "CMD, CMD-SHELL or NONE",
+            ),
+            (
+                "    healthcheck:\n      test: \"true\"\n      interval: 30\n",
+                "services.app.healthcheck.interval",
+                "needs a unit",
+            ),
+            (
+                "    healthcheck:\n      test: \"true\"\n      timeout: 5 seconds\n",
+                "services.app.healthcheck.timeout",
+                "invalid duration",
+            ),
+            (
+                "    healthcheck:\n      test: \"true\"\n      retries: -1\n",
+                "services.app.healthcheck.retries",
+                "expected a number of retries",
+            ),
+            (
+                "    healthcheck:\n      test: \"true\"\n      disable: true\n",
+                "services.app.healthcheck.disable",
+                "with a test",
+            ),
+            (
+                "    mem_limit: lots\n",
+                "services.app.mem_limit",
+                "invalid size",
+            ),
             ("    cpus: many\n", "services.app.cpus", "number of CPUs"),
-            ("    mem_limit: 1g\n    deploy:\n      resources:\n        limits:\n          memory: 2g\n", "services.app.deploy.resources.limits.memory", "differs from mem_limit"),
-            ("    cpus: 1\n    deploy:\n      resources:\n        limits:\n          cpus: 2\n", "services.app.deploy.resources.limits.cpus", "differs from cpus"),
-            ("    logging:\n      options:\n        a: b\n", "services.app.logging.driver", "required"),
-            ("    labels:\n      com.docker.compose.project: x\n", "services.app.labels.com.docker.compose.project", "reserved"),
-            ("    restart: \"no\"\n", "services.app.restart", "always or unless-stopped"),
-            ("    restart: on-failure\n", "services.app.restart", "always or unless-stopped"),
-            ("    pull_policy: build\n", "services.app.pull_policy", "always or missing"),
-            ("    depends_on:\n      db:\n        condition: service_completed_successfully\n", "services.app.depends_on.db.condition", "service_started or service_healthy"),
-            ("    depends_on:\n      db:\n        required: false\n", "services.app.depends_on.db.required", "false"),
-            ("    depends_on:\n      db:\n        restart: true\n", "services.app.depends_on.db.restart", "true"),
-            ("    depends_on: db\n", "services.app.depends_on", "a list or a mapping"),
-            ("    user: [a]\n", "services.app.user", "expected a string, found a list"),
-            ("    stop_grace_period: !custom 1s\n", "services.app.stop_grace_period", "YAML tag !custom"),
+            (
+                "    mem_limit: 1g\n    deploy:\n      resources:\n        limits:\n          memory: 2g\n",
+                "services.app.deploy.resources.limits.memory",
+                "differs from mem_limit",
+            ),
+            (
+                "    cpus: 1\n    deploy:\n      resources:\n        limits:\n          cpus: 2\n",
+                "services.app.deploy.resources.limits.cpus",
+                "differs from cpus",
+            ),
+            (
+                "    logging:\n      options:\n        a: b\n",
+                "services.app.logging.driver",
+                "required",
+            ),
+            (
+                "    labels:\n      com.docker.compose.project: x\n",
+                "services.app.labels.com.docker.compose.project",
+                "reserved",
+            ),
+            (
+                "    restart: \"no\"\n",
+                "services.app.restart",
+                "always or unless-stopped",
+            ),
+            (
+                "    restart: on-failure\n",
+                "services.app.restart",
+                "always or unless-stopped",
+            ),
+            (
+                "    pull_policy: build\n",
+                "services.app.pull_policy",
+                "always or missing",
+            ),
+            (
+                "    depends_on:\n      db:\n        condition: service_completed_successfully\n",
+                "services.app.depends_on.db.condition",
+                "service_started or service_healthy",
+            ),
+            (
+                "    depends_on:\n      db:\n        required: false\n",
+                "services.app.depends_on.db.required",
+                "false",
+            ),
+            (
+                "    depends_on:\n      db:\n        restart: true\n",
+                "services.app.depends_on.db.restart",
+                "true",
+            ),
+            (
+                "    depends_on: db\n",
+                "services.app.depends_on",
+                "a list or a mapping",
+            ),
+            (
+                "    user: [a]\n",
+                "services.app.user",
+                "expected a string, found a list",
+            ),
+            (
+                "    stop_grace_period: !custom 1s\n",
+                "services.app.stop_grace_period",
+                "YAML tag !custom",
+            ),
         ] {
             let (_, errors) = map(&service(body));
             let hit = errors
@@ -2015,10 +2254,16 @@ mod tests {
 
     #[test]
     fn interpolation_is_an_error_wherever_a_value_has_it() {
-        let (_, errors) = map("services:\n  app:\n    image: \"r/app:${TAG}\"\n    labels:\n      a: \"$$ok\"\n      b: \"$x\"\n    x-ignored: ${NOT_READ}\n");
+        let (_, errors) = map(
+            "services:\n  app:\n    image: \"r/app:${TAG}\"\n    labels:\n      a: \"$$ok\"\n      b: \"$x\"\n    x-ignored: ${NOT_READ}\n",
+        );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].starts_with(&format!("{FILE}: services.app.image: variable interpolation")));
-        assert!(errors[1].starts_with(&format!("{FILE}: services.app.labels.b: variable interpolation")));
+        assert!(errors[0].starts_with(&format!(
+            "{FILE}: services.app.image: variable interpolation"
+        )));
+        assert!(errors[1].starts_with(&format!(
+            "{FILE}: services.app.labels.b: variable interpolation"
+        )));
         let (got, errors) = map(&service("    labels:\n      price: \"5$ or $$5 or $\"\n"));
         assert_eq!(errors, Vec::<String>::new());
         assert_eq!(got[0].labels["price"], "5$ or $5 or $");
@@ -2028,14 +2273,19 @@ mod tests {
     fn service_healthy_needs_a_healthcheck() {
         let yaml = format!(
             "{}  db:\n    image: \"r/db:{{version}}\"\n  off:\n    image: \"r/off:{{version}}\"\n    healthcheck:\n      test: [\"NONE\"]\n",
-            service("    depends_on:\n      db:\n        condition: service_healthy\n      off:\n        condition: service_healthy\n")
+            service(
+                "    depends_on:\n      db:\n        condition: service_healthy\n      off:\n        condition: service_healthy\n"
+            )
         );
         let (_, errors) = map(&yaml);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with(&format!(
             "{FILE}: services.app.depends_on.db.condition: service_healthy, but service db has no healthcheck"
         )));
-        assert!(errors[1].contains("service off has no healthcheck"), "{errors:?}");
+        assert!(
+            errors[1].contains("service off has no healthcheck"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -2044,7 +2294,12 @@ mod tests {
         let (got, errors) = map(yaml);
         let paths: Vec<&str> = errors
             .iter()
-            .map(|e| e.trim_start_matches(&format!("{FILE}: ")).split(": ").next().unwrap())
+            .map(|e| {
+                e.trim_start_matches(&format!("{FILE}: "))
+                    .split(": ")
+                    .next()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(
             paths,
@@ -2071,7 +2326,10 @@ mod tests {
     #[test]
     fn yaml_errors_give_the_line_and_no_value() {
         for (yaml, says) in [
-            ("services:\n  web:\n    image: a\n    image: b\n", "line 4, column 5: duplicated key"),
+            (
+                "services:\n  web:\n    image: a\n    image: b\n",
+                "line 4, column 5: duplicated key",
+            ),
             ("services:\n  web: [\n", "line 3"),
             ("services: {}\n---\nservices: {}\n", "2 YAML documents"),
         ] {
@@ -2081,7 +2339,10 @@ mod tests {
             assert!(errors[0].contains(says), "{yaml}: {errors:?}");
         }
         let (_, errors) = map(&service("    environment:\n      A: [\"hunter2\"]\n"));
-        assert!(errors[0].contains("expected a string, found a list"), "{errors:?}");
+        assert!(
+            errors[0].contains("expected a string, found a list"),
+            "{errors:?}"
+        );
         assert!(!errors[0].contains("hunter2"), "{errors:?}");
     }
 
@@ -2128,7 +2389,17 @@ mod tests {
         ] {
             assert_eq!(parse_duration(s), Ok(want), "{s}");
         }
-        for s in ["", "10", "1d", "1m30", "s", "1..5s", "1 s", "-1s", "99999999999999999999h"] {
+        for s in [
+            "",
+            "10",
+            "1d",
+            "1m30",
+            "s",
+            "1..5s",
+            "1 s",
+            "-1s",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(s).is_err(), "{s}");
         }
     }
@@ -2157,7 +2428,11 @@ mod tests {
             ("A='x' y\n", 1),
             ("=x\n", 1),
         ] {
-            assert_eq!(parse_env_file(text, false).map_err(|e| e.0), Err(line), "{text}");
+            assert_eq!(
+                parse_env_file(text, false).map_err(|e| e.0),
+                Err(line),
+                "{text}"
+            );
         }
         assert_eq!(
             parse_env_file("A=\"$raw\" # all of it\n", true),
@@ -2170,8 +2445,14 @@ mod tests {
     #[test]
     fn the_default_cluster_name() {
         let f = Path::new("deploy/web.compose.yaml");
-        assert_eq!(default_cluster_name("name: shop\nservices: {}\n", f).as_deref(), Some("shop"));
-        assert_eq!(default_cluster_name("services: {}\n", f).as_deref(), Some("web"));
+        assert_eq!(
+            default_cluster_name("name: shop\nservices: {}\n", f).as_deref(),
+            Some("shop")
+        );
+        assert_eq!(
+            default_cluster_name("services: {}\n", f).as_deref(),
+            Some("web")
+        );
         assert_eq!(
             default_cluster_name("services: {}\n", Path::new("compose.yaml")).as_deref(),
             Some("compose")
@@ -2180,7 +2461,9 @@ mod tests {
 
     #[test]
     fn import_prints_toml_that_loads_as_the_same_containers() {
-        let yaml = service("    environment:\n      A: \"x\\\"y\"\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1m30s\n      timeout: 1500ms\n    mem_limit: 256m\n    cpus: 0.5\n    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n    ports: [\"8080:80\"]\n    volumes: [\"./d:/d\"]\n    stop_grace_period: 1m\n    pull_policy: always\n") + "  db:\n    image: \"r/db:{version}\"\n    depends_on: [app]\n";
+        let yaml = service(
+            "    environment:\n      A: \"x\\\"y\"\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1m30s\n      timeout: 1500ms\n    mem_limit: 256m\n    cpus: 0.5\n    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n    ports: [\"8080:80\"]\n    volumes: [\"./d:/d\"]\n    stop_grace_period: 1m\n    pull_policy: always\n",
+        ) + "  db:\n    image: \"r/db:{version}\"\n    depends_on: [app]\n";
         let toml = import(&yaml, FILE, Path::new(DIR), &files, "shop").unwrap();
         assert!(toml.contains("[clusters.shop]\n"), "{toml}");
         assert!(toml.contains("[[clusters.shop.containers]]\n"), "{toml}");
@@ -2189,8 +2472,14 @@ mod tests {
         assert!(errors.is_empty());
         assert_eq!(loaded.clusters["shop"].containers, mapped.containers);
         assert_eq!(loaded.clusters["shop"].compose, None);
-        let err = import(&service("    tty: true\n"), FILE, Path::new(DIR), &files, "shop")
-            .unwrap_err();
+        let err = import(
+            &service("    tty: true\n"),
+            FILE,
+            Path::new(DIR),
+            &files,
+            "shop",
+        )
+        .unwrap_err();
         assert_eq!(err[0].path, format!("{FILE}: services.app.tty"));
         let err = import(&service(""), FILE, Path::new(DIR), &files, "Shop").unwrap_err();
         assert_eq!(err[0].path, "clusters.Shop");

@@ -1345,7 +1345,10 @@ image = "b:{version}"
         let web = &m.clusters["web"];
         let names: Vec<&str> = web.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["db", "app"]);
-        assert_eq!(web.containers[0].env["PASSWORD"], "x", "relative to the compose file");
+        assert_eq!(
+            web.containers[0].env["PASSWORD"], "x",
+            "relative to the compose file"
+        );
         assert_eq!(
             web.containers[0].volumes,
             [format!("{}/compose/data:/data", dir.path().display())]
@@ -1383,10 +1386,14 @@ image = "b:{version}"
             ],
             "{shown:#?}"
         );
-        assert!(shown[0].contains("has both containers and compose"), "{shown:?}");
+        assert!(
+            shown[0].contains("has both containers and compose"),
+            "{shown:?}"
+        );
         assert!(shown[1].contains("cannot read gone.yaml"), "{shown:?}");
         assert!(
-            shown[2].starts_with("web.compose.yaml: services.web.privileged: not supported by berth"),
+            shown[2]
+                .starts_with("web.compose.yaml: services.web.privileged: not supported by berth"),
             "{shown:?}"
         );
     }
@@ -1406,7 +1413,12 @@ image = "b:{version}"
             "healthcheck = { test = \"true\", interval = \"1s\", retries = 2 }",
             "healthcheck = { test = [\"NONE\", \"x\"] }",
         );
-        assert!(parse(&bad).unwrap_err().to_string().contains("healthcheck.test"));
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("healthcheck.test")
+        );
     }
 
     #[test]
