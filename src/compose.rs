@@ -10,11 +10,13 @@
 //! The schema is the published compose-spec. Only what the manifest can
 //! express is read; every other key is an error naming its path
 //! (`services.web.privileged: not supported by berth`), and every error is
-//! reported at once. Nothing is silently dropped: the only keys read and
-//! not used are the ones the spec itself says have no effect on what runs
-//! (`version`; `name`, whose container prefix berth replaces with its
-//! namespace; `x-*` extensions; a port's descriptive `name` and
-//! `app_protocol`). See `docs/compose.md`.
+//! reported at once. Nothing is silently dropped: the keys read and not
+//! used either have no effect on what runs (`version`; `name`, whose
+//! container prefix berth replaces with its namespace; `x-*` extensions; a
+//! port's descriptive `name` and `app_protocol`), or say what berth does
+//! anyway (`restart: always`, a port's `mode: host`, a bind's
+//! `create_host_path: true`, a dependency's `required: true`); any other
+//! value of those is an error. See `docs/compose.md`.
 //!
 //! The file is YAML 1.2 (saphyr: anchors and aliases resolved, duplicate
 //! keys refused); `<<` merge keys are applied here, as Compose does.
@@ -46,7 +48,7 @@ pub struct Mapped {
 
 /// Where a cluster's containers came from, to name the Compose key of a
 /// problem found in them later (the manifest's validation).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Source {
     /// The file as the manifest names it.
     pub file: String,
@@ -957,15 +959,6 @@ fn map_service(
     // Compose: the env files in order, then environment over them.
     spec.env = env_files;
     spec.env.extend(environment);
-    for k in spec.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
-            p.at(
-                &format!("{path}.environment"),
-                def.line,
-                "a variable name is empty or has '=' or a space",
-            );
-        }
-    }
     // A top-level key and its deploy twin must agree (the spec says so).
     if let Some((m, line)) = mem_limit {
         let m = m.flatten();
@@ -2348,7 +2341,7 @@ mod tests {
 
     #[test]
     fn validation_problems_are_named_by_their_compose_keys() {
-        let yaml = "services:\n  Web:\n    image: web:latest\n  app:\n    image: \"r/app:{version}\"\n    environment:\n      A: x\n    ports: [\"99999:80\"]\n    mem_limit: 1k\n    deploy:\n      resources:\n        limits:\n          cpus: 99999\n    logging:\n      driver: \"\"\n    depends_on:\n      ghost:\n    healthcheck:\n      test: \"true\"\n      retries: 0\n  broken: 7\n";
+        let yaml = "services:\n  Web:\n    image: web:latest\n  app:\n    image: \"r/app:{version}\"\n    environment:\n      A: x\n      \"A=B\": y\n    ports: [\"99999:80\"]\n    mem_limit: 1k\n    deploy:\n      resources:\n        limits:\n          cpus: 99999\n    logging:\n      driver: \"\"\n    depends_on:\n      ghost:\n    healthcheck:\n      test: \"true\"\n      retries: 0\n  broken: 7\n";
         let (mapped, mapping) = load(yaml, FILE, Path::new(DIR), &files);
         assert_eq!(mapping.len(), 1, "{mapping:?}");
         let m = Manifest {
@@ -2361,6 +2354,7 @@ mod tests {
             [
                 "services.Web",
                 "services.Web.image",
+                "services.app.environment.A=B",
                 "services.app.ports[0]",
                 "services.app.healthcheck.retries",
                 "services.app.mem_limit",

@@ -58,7 +58,7 @@
 //! | module | responsibility |
 //! |---|---|
 //! | `manifest` | the manifest's types, parsing and validation (pure) |
-//! | `compose` | a Compose file's services as a cluster's containers, and `berth import compose` (pure) |
+//! | `compose` | a Compose file's services as a cluster's containers, and `berth import compose` (pure; env files through a reader it is given) |
 //! | `tags` | every `berth:*` tag and lifecycle string (one home per fact) |
 //! | `desired` | identity, group tags → cluster and preferred versions; the one `drift()` (pure) |
 //! | `local` | the local-mode file (identity + tags) |

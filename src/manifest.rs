@@ -5,6 +5,8 @@
 //! error names the key's path). Then [`Manifest::validate`] checks what types
 //! cannot express and returns *every* problem at once, each with its field
 //! path, e.g. `clusters.web.containers[1].healthcheck.interval: must be > 0`.
+//! Between the two, a cluster's `compose` file is read into its containers
+//! ([`crate::compose`]); problems in those are named by their Compose keys.
 //!
 //! # Values are not quoted
 //!
