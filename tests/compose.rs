@@ -332,6 +332,11 @@ fn a_compose_defined_cluster_runs_in_local_mode() {
     depends_on:
       db:
         condition: service_healthy
+  quiet:
+    image: "{reg}/{repo}:{{version}}"
+    command: ["sh", "-c", "{RUN}"]
+    healthcheck:
+      disable: true
 "#,
             reg = reg.addr()
         ),
@@ -359,6 +364,16 @@ fn a_compose_defined_cluster_runs_in_local_mode() {
         inspect_field(&app, "{{index .Config.Labels \"com.example.team\"}}"),
         "edge"
     );
+    // A disabled healthcheck is the engine's NONE, and nothing to wait for.
+    let quiet = comp(&s, "quiet")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        inspect_field(&quiet, "{{json .Config.Healthcheck.Test}}"),
+        "[\"NONE\"]"
+    );
+    assert_eq!(comp(&s, "quiet")["health"], "none", "{s}");
     // service_healthy: app was created after db became healthy.
     let t = |s: String| humantime::parse_rfc3339(s.trim()).unwrap();
     assert!(
