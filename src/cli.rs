@@ -97,6 +97,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the equivalent manifest TOML of another format's file, to move over to the manifest.
+    ///
+    /// `berth import compose FILE` prints the services of a Compose file as
+    /// a [clusters.<name>] with its [[clusters.<name>.containers]], exactly
+    /// what `compose = "FILE"` in the manifest would run. Relative paths
+    /// resolve against FILE's directory; env files are read into env, so the
+    /// output holds their values. Exit code 0, or 78 when FILE has anything
+    /// berth cannot map (every problem is listed).
+    Import {
+        /// The format of FILE.
+        #[arg(value_enum)]
+        format: ImportFormat,
+        /// The file to import.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The cluster's name (default: the Compose file's name, else its file name up to the first dot).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Write the manual pages (berth.1, berth-<command>.1) into DIR, for packaging.
     #[command(hide = true)]
     Man {
@@ -104,6 +123,13 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// What `berth import` reads.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    /// A Compose file (compose-spec).
+    Compose,
 }
 
 /// Runs the command line; returns the process's exit code.
@@ -132,6 +158,11 @@ pub fn main() -> std::process::ExitCode {
             json,
         } => plan(&config.config, local, data_dir, json),
         Command::Status { addr, config, json } => status(addr, &config.config, json),
+        Command::Import {
+            format: ImportFormat::Compose,
+            file,
+            cluster,
+        } => import_compose(&file, cluster.as_deref()),
         Command::Man { dir } => man(&dir),
     };
     code.into()
@@ -233,6 +264,49 @@ fn validate(config: &Path, local: Option<&Path>) -> ExitCode {
         containers
     );
     ExitCode::Ok
+}
+
+/// `berth import compose FILE`: the manifest TOML on stdout, or every
+/// problem on stderr and exit code 78.
+fn import_compose(file: &Path, cluster: Option<&str>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("invalid: cannot read {}: {e}", file.display());
+            return ExitCode::Config;
+        }
+    };
+    let name = match cluster
+        .map(str::to_string)
+        .or_else(|| crate::compose::default_cluster_name(&text, file))
+    {
+        Some(n) => n,
+        None => {
+            eprintln!(
+                "invalid: {}: name the cluster with --cluster",
+                file.display()
+            );
+            return ExitCode::Config;
+        }
+    };
+    let dir = crate::compose::absolute_dir(file);
+    let read = |p: &Path| std::fs::read_to_string(p);
+    match crate::compose::import(&text, &file.display().to_string(), &dir, &read, &name) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::Ok
+        }
+        Err(errors) => {
+            eprintln!(
+                "invalid: {}",
+                manifest::ManifestError::Invalid {
+                    path: file.to_path_buf(),
+                    errors,
+                }
+            );
+            ExitCode::Config
+        }
+    }
 }
 
 /// Writes the manual pages with clap_mangen: berth(1) and one page per

@@ -7,7 +7,8 @@
 //! # What it reads
 //!
 //! - The fleet manifest (`/etc/berth/berth.toml`): agent settings and, per
-//!   cluster, the fixed container set ([`manifest`]).
+//!   cluster, the fixed container set ([`manifest`]), or a Compose file it
+//!   names (`compose`) and the env files that file names.
 //! - The instance identity: IMDSv2 (instance id, region, zone, type, the
 //!   `aws:autoscaling:groupName` tag) or, without instance-metadata tags,
 //!   `DescribeAutoScalingInstances` ([`aws`]). In local mode a small file
@@ -57,6 +58,7 @@
 //! | module | responsibility |
 //! |---|---|
 //! | `manifest` | the manifest's types, parsing and validation (pure) |
+//! | `compose` | a Compose file's services as a cluster's containers, and `berth import compose` (pure; env files through a reader it is given) |
 //! | `tags` | every `berth:*` tag and lifecycle string (one home per fact) |
 //! | `desired` | identity, group tags → cluster and preferred versions; the one `drift()` (pure) |
 //! | `local` | the local-mode file (identity + tags) |
@@ -79,6 +81,7 @@
 mod aws;
 pub mod backoff;
 pub mod cli;
+mod compose;
 mod daemon;
 mod desired;
 mod error;

@@ -5,6 +5,8 @@
 //! error names the key's path). Then [`Manifest::validate`] checks what types
 //! cannot express and returns *every* problem at once, each with its field
 //! path, e.g. `clusters.web.containers[1].healthcheck.interval: must be > 0`.
+//! Between the two, a cluster's `compose` file is read into its containers
+//! ([`crate::compose`]); problems in those are named by their Compose keys.
 //!
 //! # Values are not quoted
 //!
@@ -266,11 +268,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// One cluster's fixed container set.
+/// One cluster's fixed container set: `containers`, or the services of a
+/// Compose file (`compose`, read when the manifest is loaded).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
+    #[serde(default)]
     pub containers: Vec<ContainerSpec>,
+    /// A Compose file, relative to the manifest's directory
+    /// ([`crate::compose`]); when set, `containers` are its services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<PathBuf>,
+    /// What reading `compose` gave (unset without it).
+    #[serde(skip)]
+    from_compose: Option<FromCompose>,
+}
+
+impl Cluster {
+    /// A cluster of a Compose file's services (`berth import compose`),
+    /// validated as `compose = "<file>"` would be.
+    pub fn from_compose(mapped: crate::compose::Mapped) -> Cluster {
+        Cluster {
+            containers: mapped.containers,
+            compose: None,
+            from_compose: Some(FromCompose::Mapped(mapped.source)),
+        }
+    }
+}
+
+/// The outcome of reading a cluster's Compose file.
+#[derive(Debug, Clone)]
+enum FromCompose {
+    /// `containers` are its services; problems found in them are named by
+    /// their Compose keys.
+    Mapped(crate::compose::Source),
+    /// It could not be read, or the cluster also has `containers` (the
+    /// problem is reported); nothing more to check.
+    Failed,
 }
 
 /// How a container's image registry is authenticated (`registry_auth` in the manifest).
@@ -350,6 +384,12 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
+    /// Whether the container has a healthcheck of its own to wait for
+    /// (`["NONE"]` disables the image's instead).
+    pub fn has_healthcheck(&self) -> bool {
+        self.healthcheck.as_ref().is_some_and(|h| !h.test.is_none())
+    }
+
     /// This spec for output: every environment value replaced by
     /// [`REDACTED`], the names kept. Environment values are secrets; only
     /// the engine and the pin get them.
@@ -365,7 +405,7 @@ impl ContainerSpec {
 fn is_default_auth(m: &RegistryAuthMode) -> bool {
     *m == RegistryAuthMode::Auto
 }
-fn default_grace() -> Dur {
+pub(crate) fn default_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
 fn is_default_grace(d: &Dur) -> bool {
@@ -391,16 +431,16 @@ pub struct Healthcheck {
     pub start_period: Dur,
 }
 
-fn default_hc_interval() -> Dur {
+pub(crate) fn default_hc_interval() -> Dur {
     Dur(Duration::from_secs(30))
 }
-fn default_hc_timeout() -> Dur {
+pub(crate) fn default_hc_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
-fn default_hc_retries() -> u32 {
+pub(crate) fn default_hc_retries() -> u32 {
     3
 }
-fn default_hc_start() -> Dur {
+pub(crate) fn default_hc_start() -> Dur {
     Dur(Duration::ZERO)
 }
 
@@ -413,6 +453,11 @@ pub enum HealthTest {
 }
 
 impl HealthTest {
+    /// `["NONE"]`: no healthcheck, not even the image's.
+    pub fn is_none(&self) -> bool {
+        matches!(self, HealthTest::Exec(v) if v.len() == 1 && v[0] == "NONE")
+    }
+
     /// The form Docker's API takes (`["CMD-SHELL", s]` for a string).
     pub fn to_docker(&self) -> Vec<String> {
         match self {
@@ -468,15 +513,17 @@ impl Manifest {
         Manifest::parse(&text, path)
     }
 
-    /// Parses and validates manifest text; `path` is used in messages only.
+    /// Parses and validates manifest text; `path` names it in messages, and
+    /// its directory is where a cluster's `compose` file is found.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest =
+        let mut manifest: Manifest =
             parse_toml(text).map_err(|(field, message)| ManifestError::Parse {
                 path: path.to_path_buf(),
                 field,
                 message,
             })?;
-        let errors = manifest.validate();
+        let mut errors = manifest.read_compose(&crate::compose::absolute_dir(path));
+        errors.extend(manifest.validate());
         if errors.is_empty() {
             Ok(manifest)
         } else {
@@ -485,6 +532,43 @@ impl Manifest {
                 errors,
             })
         }
+    }
+
+    /// Reads the Compose file of every cluster that names one into its
+    /// containers; returns the problems (a cluster with both `containers`
+    /// and `compose`, a file that cannot be read, keys berth does not map).
+    fn read_compose(&mut self, dir: &Path) -> Vec<FieldError> {
+        let mut errs = Errors::default();
+        for (cname, cluster) in &mut self.clusters {
+            let Some(file) = &cluster.compose else {
+                continue;
+            };
+            let cpath = format!("clusters.{cname}");
+            cluster.from_compose = Some(FromCompose::Failed);
+            if !cluster.containers.is_empty() {
+                errs.push(&cpath, "has both containers and compose: give one of them");
+                continue;
+            }
+            let full = dir.join(file);
+            let text = match std::fs::read_to_string(&full) {
+                Ok(t) => t,
+                Err(e) => {
+                    errs.push(
+                        format!("{cpath}.compose"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    continue;
+                }
+            };
+            let base = crate::compose::absolute_dir(&full);
+            let read = |p: &Path| std::fs::read_to_string(p);
+            let (mapped, problems) =
+                crate::compose::load(&text, &file.display().to_string(), &base, &read);
+            cluster.containers = mapped.containers;
+            cluster.from_compose = Some(FromCompose::Mapped(mapped.source));
+            errs.0.extend(problems);
+        }
+        errs.0
     }
 
     /// Every semantic problem, each with its field path. Empty means valid.
@@ -534,7 +618,15 @@ impl Manifest {
             if !is_name(cname) {
                 errs.push(&cpath, name_rule(cname));
             }
-            validate_cluster(cluster, &cpath, &mut errs);
+            match &cluster.from_compose {
+                None => validate_cluster(cluster, &cpath, &mut errs),
+                Some(FromCompose::Failed) => {}
+                Some(FromCompose::Mapped(source)) => {
+                    let mut found = Errors::default();
+                    validate_cluster(cluster, &cpath, &mut found);
+                    errs.0.extend(source.rewrite(&cpath, found.0));
+                }
+            }
         }
         errs.0
     }
@@ -668,7 +760,7 @@ fn validate_cluster(cluster: &Cluster, cpath: &str, errs: &mut Errors) {
     if cluster.containers.is_empty() {
         errs.push(
             format!("{cpath}.containers"),
-            "a cluster needs at least one container",
+            "a cluster needs at least one container (or a compose file)",
         );
     }
     let mut seen = BTreeSet::new();
@@ -762,9 +854,10 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
             HealthTest::Exec(v) => match v.first().map(String::as_str) {
                 Some("CMD") if v.len() >= 2 => {}
                 Some("CMD-SHELL") if v.len() == 2 => {}
+                Some("NONE") if v.len() == 1 => {}
                 _ => errs.push(
                     format!("{hp}.test"),
-                    "must be a shell string, [\"CMD\", prog, args...] or [\"CMD-SHELL\", command]",
+                    "must be a shell string, [\"CMD\", prog, args...], [\"CMD-SHELL\", command] or [\"NONE\"]",
                 ),
             },
             _ => {}
@@ -1236,6 +1329,98 @@ image = "b:{version}"
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
         assert!(err.contains("duplicate container name"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_from_a_compose_file_beside_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("compose")).unwrap();
+        std::fs::write(
+            dir.path().join("compose/web.compose.yaml"),
+            "services:\n  db:\n    image: \"r/db:{version}\"\n    env_file: db.env\n    volumes: [\"./data:/data\"]\n  app:\n    image: \"r/app:{version}\"\n    depends_on: [db]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("compose/db.env"), "PASSWORD=x\n").unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = "[clusters.web]\ncompose = \"compose/web.compose.yaml\"\n";
+        let m = Manifest::parse(text, &path).expect("valid");
+        let web = &m.clusters["web"];
+        let names: Vec<&str> = web.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["db", "app"]);
+        assert_eq!(
+            web.containers[0].env["PASSWORD"], "x",
+            "relative to the compose file"
+        );
+        assert_eq!(
+            web.containers[0].volumes,
+            [format!("{}/compose/data:/data", dir.path().display())]
+        );
+        assert_eq!(
+            start_order(&web.containers).unwrap(),
+            vec![vec!["db".to_string()], vec!["app".to_string()]]
+        );
+    }
+
+    #[test]
+    fn compose_problems_come_with_the_manifest_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.compose.yaml"),
+            "services:\n  web:\n    image: web:latest\n    privileged: true\n",
+        )
+        .unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = "[agent]\nstatus_addr = \"nowhere\"\n[clusters.web]\ncompose = \"web.compose.yaml\"\n[clusters.both]\ncompose = \"web.compose.yaml\"\n[[clusters.both.containers]]\nname = \"a\"\nimage = \"a:{version}\"\n[clusters.gone]\ncompose = \"gone.yaml\"\n[clusters.none]\n";
+        let Err(ManifestError::Invalid { errors, .. }) = Manifest::parse(text, &path) else {
+            panic!("expected validation errors")
+        };
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "clusters.both",
+                "clusters.gone.compose",
+                "web.compose.yaml: services.web.privileged",
+                "agent.status_addr",
+                "clusters.none.containers",
+                "web.compose.yaml: services.web.image",
+            ],
+            "{shown:#?}"
+        );
+        assert!(
+            shown[0].contains("has both containers and compose"),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("cannot read gone.yaml"), "{shown:?}");
+        assert!(
+            shown[2]
+                .starts_with("web.compose.yaml: services.web.privileged: not supported by berth"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn healthcheck_none_disables_the_image_healthcheck() {
+        let m = parse(&GOOD.replace(
+            "healthcheck = { test = \"true\", interval = \"1s\", retries = 2 }",
+            "healthcheck = { test = [\"NONE\"] }",
+        ))
+        .unwrap();
+        let app = &m.clusters["web"].containers[1];
+        assert!(app.healthcheck.is_some());
+        assert!(!app.has_healthcheck(), "nothing to wait for");
+        assert!(parse(GOOD).unwrap().clusters["web"].containers[1].has_healthcheck());
+        let bad = GOOD.replace(
+            "healthcheck = { test = \"true\", interval = \"1s\", retries = 2 }",
+            "healthcheck = { test = [\"NONE\", \"x\"] }",
+        );
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("healthcheck.test")
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const SRC: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The manual pages `berth man` writes: berth(1) and one per visible command.
-const MAN_PAGES: [&str; 5] = [
+const MAN_PAGES: [&str; 6] = [
     "berth.1",
+    "berth-import.1",
     "berth-plan.1",
     "berth-run.1",
     "berth-status.1",
@@ -592,7 +593,7 @@ fn man_pages_cover_every_command() {
     assert_eq!(written, MAN_PAGES.iter().map(|p| p.to_string()).collect());
     let main = fs::read_to_string(b.man_dir.join("berth.1")).unwrap();
     assert!(main.contains(".TH berth 1"), "{main}");
-    for cmd in ["run", "validate", "plan", "status"] {
+    for cmd in ["run", "validate", "plan", "status", "import"] {
         assert!(
             main.contains(&format!("berth\\-{cmd}(1)")),
             "berth(1) lists {cmd}"

@@ -166,7 +166,7 @@ impl Comp {
     }
 
     fn has_healthcheck(&self) -> bool {
-        self.spec.spec.healthcheck.is_some()
+        self.spec.spec.has_healthcheck()
     }
 
     /// Since when the current run counts towards a stable run: its start,
@@ -684,7 +684,7 @@ fn on_event(s: &mut State, ev: EngineEvent, now: Now) {
             v.running = true;
             v.started_at = Some(ev.time);
             v.healthy_since = None;
-            v.health = if c.spec.spec.healthcheck.is_some() {
+            v.health = if c.spec.spec.has_healthcheck() {
                 Health::Starting
             } else {
                 Health::None
