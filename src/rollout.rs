@@ -1237,25 +1237,28 @@ pub struct Ring<'a> {
     pub u: f64,
 }
 
-/// When a rung agent looks, and the change it was told of, if any.
+/// When a rung agent looks, and the change it was told of, if any. The
+/// agent looks then unless its schedule says sooner.
 ///
-/// - It knows it is in line: now (it was rung for its turn).
-/// - The nudge carries a change's mark other than its own: another agent
-///   saw the group prefer other versions, so it is in line, about
-///   `rank / k` windows back. The first `k` look at once (their place, as
+/// - It knows it is in line: now, or, told its turn comes when the
+///   ringer's replacement is ready ([`RingKind::Turn`]), a round and the
+///   slack from now (the replacement's ready ring should wake it first).
+/// - The nudge is an agent's, with a change's mark other than its own:
+///   another agent saw the group prefer other versions, so it is in line.
+///   [`RingKind::Now`]: now. [`RingKind::Turn`]: a round and the slack from
+///   now. [`RingKind::Told`]: the first `k` by rank look at their place (as
 ///   [`nudged_look_in`]); the others at their estimated turn,
-///   `grace + ⌊rank / k⌋ · round`, minus the slack, and the members ahead
-///   ring them when it comes. The mark is kept as a hint: if its look then
-///   shows the same change, the drift counts from the ring
-///   ([`Watch::hint`]), so a member told early does not wait out the grace
-///   again at its turn.
+///   `grace + ⌊rank / k⌋ · round` and the slack, and the members ahead ring
+///   them when it comes. The mark is kept as a hint: if its look then shows
+///   the same change, the drift counts from the ring ([`Watch::hint`]), so a
+///   member told early does not wait out the grace again at its turn.
 /// - Otherwise (an operator's nudge, or its own versions): its place,
 ///   [`nudged_look_in`].
 pub fn on_ring(r: &Ring<'_>) -> (Duration, Option<String>) {
     let kind = r.value.and_then(ring_kind);
     if r.drifted {
         let at = match kind {
-            Some(RingKind::Turn) => r.round,
+            Some(RingKind::Turn) => r.round + READY_SLACK,
             _ => Duration::ZERO,
         };
         return (at, None);
@@ -1267,7 +1270,7 @@ pub fn on_ring(r: &Ring<'_>) -> (Duration, Option<String>) {
             let at = match kind {
                 RingKind::Told if window == 0 => spread,
                 RingKind::Told => r.grace + r.round * window + READY_SLACK,
-                RingKind::Turn => r.round,
+                RingKind::Turn => r.round + READY_SLACK,
                 RingKind::Now => Duration::ZERO,
             };
             (at, Some(mark.to_string()))
@@ -2083,7 +2086,9 @@ mod tests {
         // In line already: now, or a round from now when told its turn.
         assert_eq!(ring(&told, true, 500), (Duration::ZERO, None));
         assert_eq!(ring(&now, true, 500), (Duration::ZERO, None));
-        assert_eq!(ring(&turn, true, 500), (round, None));
+        // Just after the replacement's ready ring is due: the ring wakes it,
+        // the timer is the backstop.
+        assert_eq!(ring(&turn, true, 500), (round + READY_SLACK, None));
         // Told of another change, in the first window: its place.
         let hint = Some(other.clone());
         assert_eq!(
@@ -2093,7 +2098,7 @@ mod tests {
         // Three windows back: grace + 3 rounds, and the slack.
         let at = Duration::from_secs(60 + 450) + READY_SLACK;
         assert_eq!(ring(&told, false, 35), (at, hint.clone()));
-        assert_eq!(ring(&turn, false, 35), (round, hint.clone()));
+        assert_eq!(ring(&turn, false, 35), (round + READY_SLACK, hint.clone()));
         assert_eq!(ring(&now, false, 35), (Duration::ZERO, hint));
         assert_eq!(ring_kind(&turn), Some(RingKind::Turn));
         // An operator's value, or its own versions: its place, no hint.

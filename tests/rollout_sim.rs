@@ -796,11 +796,9 @@ fn simulate(s: Scenario) -> Outcome {
                 break;
             }
         }
-        if s.storm && sim.out.storm_done.is_none() {
-            if storm_booted == s.n as usize {
-                sim.out.storm_done = Some(Duration::from_millis(t - storm_start));
-                break;
-            }
+        if s.storm && sim.out.storm_done.is_none() && storm_booted == s.n as usize {
+            sim.out.storm_done = Some(Duration::from_millis(t - storm_start));
+            break;
         }
     }
     if s.storm {
