@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::plan::Plan;
 use crate::runtime::ContainerRuntime;
+use crate::secrets::{NoStore, ResolveSecrets, Resolver};
 use crate::status::{AgentState, DriftEntry, Status};
 pub use heartbeat::Heartbeat;
 pub use state::{Input, Now, State};
@@ -187,6 +188,9 @@ pub struct Supervisor<R: ContainerRuntime> {
     last_state: Option<AgentState>,
     /// Beats on every turn of the loop, for systemd's watchdog.
     heartbeat: Heartbeat,
+    /// Resolves components' secrets at create; its cache lives as long as
+    /// the agent process (the daemon hands the same one to every round).
+    secrets: Arc<dyn ResolveSecrets>,
     actions: TaskTracker,
     cancel: CancellationToken,
 }
@@ -224,6 +228,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             report,
             last_state: None,
             heartbeat: Heartbeat::default(),
+            secrets: Arc::new(Resolver::new(NoStore)),
             actions: TaskTracker::new(),
             cancel,
         };
@@ -233,6 +238,13 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// Beats `hb` on every turn of the loop (see [`heartbeat`]).
     pub fn with_heartbeat(mut self, hb: Heartbeat) -> Self {
         self.heartbeat = hb;
+        self
+    }
+
+    /// Resolves secrets with `secrets` (by default there is no store, and
+    /// every reference fails).
+    pub fn with_secrets(mut self, secrets: Arc<dyn ResolveSecrets>) -> Self {
+        self.secrets = secrets;
         self
     }
 
