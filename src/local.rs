@@ -218,10 +218,7 @@ mod tests {
         let head = "instance_id = \"i-1\"\ngroup = \"web\"\n[secrets]\n";
         for (line, want) in [
             ("\"vault:db\" = \"hunter2\"", "not a secret reference"),
-            (
-                "\"secretsmanager:api#k\" = \"hunter2\"",
-                "without a #key",
-            ),
+            ("\"secretsmanager:api#k\" = \"hunter2\"", "without a #key"),
             ("\"ssm:/db\" = [\"hunter2\"]", "invalid type"),
             ("\"ssm:/db\" = 4242", "invalid type"),
         ] {

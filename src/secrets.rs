@@ -193,7 +193,9 @@ fn check_secret_id(id: &str) -> Result<(), String> {
         let ok = match parts.as_slice() {
             [partition, "secretsmanager", region, account, "secret", name] => {
                 !partition.is_empty()
-                    && partition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                    && partition
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'-')
                     && !region.is_empty()
                     && region
                         .bytes()
@@ -625,7 +627,12 @@ mod tests {
     #[test]
     fn references_parse_strictly_and_errors_never_quote_the_text() {
         let ok = [
-            ("ssm:/prod/db/password", Kind::Ssm, "/prod/db/password", None),
+            (
+                "ssm:/prod/db/password",
+                Kind::Ssm,
+                "/prod/db/password",
+                None,
+            ),
             ("ssm:plain_name-1.x", Kind::Ssm, "plain_name-1.x", None),
             ("ssm:/a", Kind::Ssm, "/a", None),
             (
@@ -666,7 +673,7 @@ mod tests {
         }
         let secret = "hunter2";
         let bad = [
-            (format!("{secret}"), "not a secret reference"),
+            (secret.to_string(), "not a secret reference"),
             (format!("SSM:/{secret}"), "not a secret reference"),
             (format!("ssm {secret}"), "not a secret reference"),
             (format!("env:{secret}"), "not a secret reference"),
@@ -680,7 +687,10 @@ mod tests {
             (format!("ssm:/{}", "a".repeat(1100)), "longer than"),
             ("secretsmanager:".to_string(), "empty"),
             ("secretsmanager:#key".to_string(), "empty"),
-            (format!("secretsmanager:{secret}#"), "key after '#' is empty"),
+            (
+                format!("secretsmanager:{secret}#"),
+                "key after '#' is empty",
+            ),
             (format!("secretsmanager:{secret} x"), "only letters"),
             (format!("secretsmanager:{secret}!"), "only letters"),
             (format!("secretsmanager:{}", "a".repeat(600)), "longer than"),
@@ -708,7 +718,10 @@ mod tests {
     async fn resolves_every_kind_into_the_environment() {
         let fake = Fake::with(&[
             ("ssm:/prod/db/password", "db-pass"),
-            ("secretsmanager:prod/api", r#"{"token":"tok","port":8443,"tls":true}"#),
+            (
+                "secretsmanager:prod/api",
+                r#"{"token":"tok","port":8443,"tls":true}"#,
+            ),
             ("secretsmanager:prod/plain", "plain text"),
         ]);
         let r = Resolver::new(fake.clone());
@@ -920,7 +933,10 @@ mod tests {
         // Still failing at the deadline: reported, with the last error.
         fake.fail("unavailable", true, 1000);
         let e = r.resolve(&secrets, &cancel).await.unwrap_err();
-        assert!(e.to_string().contains("still failing at the deadline"), "{e}");
+        assert!(
+            e.to_string().contains("still failing at the deadline"),
+            "{e}"
+        );
         // Cancelled while waiting to retry.
         let cancelled = CancellationToken::new();
         cancelled.cancel();

@@ -297,6 +297,9 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(via, ["ssm.*.amazonaws.com", "secretsmanager.*.amazonaws.com"]);
+        assert_eq!(
+            via,
+            ["ssm.*.amazonaws.com", "secretsmanager.*.amazonaws.com"]
+        );
     }
 }

@@ -90,10 +90,7 @@ impl ContainerRuntime for Fake {
         e.calls.push(format!("create {}", c.name));
         e.created_env.push((
             c.name.clone(),
-            secrets
-                .expose()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
+            secrets.expose().map(|(k, v)| format!("{k}={v}")).collect(),
         ));
         let id = format!("c-{}", c.name);
         e.containers.push(Observed {

@@ -256,7 +256,10 @@ pub enum Input {
     },
     /// A create did not start: the component's secrets could not be
     /// resolved (the error names the references, never a value).
-    Unresolved { idx: usize, error: ResolveError },
+    Unresolved {
+        idx: usize,
+        error: ResolveError,
+    },
     /// Time passed (a backoff ended, a run became stable, a resync is due).
     Tick,
 }
@@ -1524,7 +1527,11 @@ mod tests {
         }
         assert!((7..=8).contains(&attempts.len()), "{attempts:?}");
         let web = &s.comps[WEB];
-        assert_eq!((web.failures, web.failed_since), (0, None), "never a failure");
+        assert_eq!(
+            (web.failures, web.failed_since),
+            (0, None),
+            "never a failure"
+        );
         assert!(s.failed().is_empty());
         assert_eq!(s.comps[WEB].unresolved as usize, attempts.len());
         // The secret exists now: the next create starts the component.
