@@ -67,7 +67,7 @@
 //! | `plan` | plan building: manifest + versions → concrete container specs (pure) |
 //! | `store` | the data dir: the pin and the retirement record, private and atomic |
 //! | [`backoff`] | retry and restart schedules, and the one retry loop |
-//! | [`rollout`] | the rollout gate and polling schedule (pure) |
+//! | [`rollout`] | the rollout gate, the polling schedule and the doorbell rules (pure) |
 //! | `runtime` | the `ContainerRuntime` seam and its Docker adapter (the only user of bollard) |
 //! | `secrets` | secret references (`ssm:`, `secretsmanager:`): parsing; resolution at create through the `SecretStore` seam, batched, cached, retried (no SDK) |
 //! | `supervisor` | keeps the pinned containers running: a pure reducer (`state`), its executor, the report, the drain |

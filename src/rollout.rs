@@ -27,12 +27,19 @@
 //! names one writer, the oldest ready member on the old versions, and the
 //! tags it sets: its own pin.
 //!
-//! # The schedule
+//! # The schedule and the doorbell
 //!
-//! [`next_poll`] spends a fixed call rate per group where it matters: at rest
-//! the oldest members (first in line when a version changes) look most
-//! often; once drifted, an agent sleeps in proportion to how many rounds
-//! away its turn is.
+//! AWS throttles per account and region, so [`next_poll`] spends a small
+//! fixed budget per group at rest: the oldest member (first in line when a
+//! version changes) reads the group every `berth:rest-poll`, the others on
+//! a squared backstop. The `berth:nudge` instance tag, read through IMDS
+//! for free, is a doorbell: whoever sees a change rings the members not yet
+//! told of it ([`ring_unaware`]), a retiring member and a replacement that
+//! becomes ready each ring the one member whose turn they open
+//! ([`ring_on_retire`], [`ring_on_ready`]), and a rung member looks at its
+//! place or at its estimated turn ([`on_ring`]). Once drifted, an agent
+//! sleeps until its estimated turn. A nudge is only a hint: every decision
+//! is the gate's, from a fresh snapshot.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -48,8 +55,6 @@ pub use crate::tags::{
 
 /// Default drift grace.
 pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(60);
-/// The group-wide call rate the schedule aims at (calls per second).
-pub const GROUP_CALLS_PER_SEC: f64 = 1.0;
 /// No agent polls more often than this.
 pub const POLL_FLOOR: Duration = Duration::from_secs(5);
 /// Agents waiting for their turn share at least this many calls per second,
@@ -57,15 +62,23 @@ pub const POLL_FLOOR: Duration = Duration::from_secs(5);
 pub const WINDOW_CALLS_PER_SEC: f64 = 10.0;
 /// Slack added to the estimated moment of an agent's turn.
 pub const READY_SLACK: Duration = Duration::from_secs(3);
-/// At rest, no member waits longer than this fraction of a round for its
-/// first look, so the first windows of a rollout are not delayed by
-/// discovery (this costs more than 1 call/s only when the budget is large).
-pub const REST_MAX_FRACTION_OF_ROUND: f64 = 0.8;
 /// Drifted agents far back in line together make at most this many calls per
 /// second: their cap is `max(DRIFTED_POLL_CAP, n / rate)`.
 pub const BACK_OF_LINE_CALLS_PER_SEC: f64 = 0.25;
-/// Euler–Mascheroni constant: the harmonic sum `H_n ≈ ln n + γ`.
-const EULER_GAMMA: f64 = 0.5772;
+/// With the doorbell the members ahead ring a waiting member when its turn
+/// comes, so the back of the line re-estimates less often: together at
+/// most this many calls per second.
+pub const BACK_OF_LINE_CALLS_PER_SEC_RUNG: f64 = 0.05;
+/// At rest, no agent sleeps longer than this between looks: the backstop
+/// of the backstop (a member whose rank is stale re-learns it).
+pub const REST_POLL_CAP: Duration = Duration::from_secs(24 * 3600);
+/// Members rung together look at most this many per second
+/// ([`nudged_look_in`]).
+pub const NUDGE_LOOKS_PER_SEC_MAX: f64 = 4.0;
+/// At rest, intervals are this fraction of their nominal value, so that
+/// with the agent's ±10 % jitter the oldest member still looks within one
+/// `berth:rest-poll`.
+pub const REST_JITTER_MARGIN: f64 = 0.9;
 /// An agent never sleeps longer than this between polls once drifted.
 pub const DRIFTED_POLL_CAP: Duration = Duration::from_secs(600);
 
@@ -371,6 +384,8 @@ pub struct MemberView {
     pub ready_since: Option<u64>,
     /// Its launch lifecycle hook was abandoned ([`launch_abandoned`]).
     pub abandoned: bool,
+    /// Its `berth:nudge` tag ([`carries_mark`]).
+    pub nudge: Option<String>,
 }
 
 impl MemberView {
@@ -755,21 +770,6 @@ pub fn line<'a>(
     l
 }
 
-/// Whom to nudge (provisional; the schedule work replaces it).
-pub fn nudge_targets(
-    snapshot: &Snapshot,
-    preferred: &BTreeMap<String, String>,
-    me: &str,
-    k: u32,
-) -> Vec<String> {
-    line(snapshot, preferred)
-        .into_iter()
-        .filter(|m| m.id != me)
-        .take(k.max(1) as usize)
-        .map(|m| m.id.clone())
-        .collect()
-}
-
 /// `U = max(desired, members) − ready`: every member that is not ready
 /// counts, and so does capacity the group still has to launch. (Not
 /// `desired − ready`: during a scale-in, when members outnumber the desired
@@ -1116,9 +1116,12 @@ pub fn rollback(
 /// Where an agent stands, for the schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Standing {
-    /// Not drifted, or drifted but waiting on something other than its
-    /// turn (image, pause, its own readiness): the at-rest schedule.
+    /// Not drifted: the at-rest backstop.
     AtRest,
+    /// Drifted, but held by something other than its turn (image, pause,
+    /// alarms, a halt, the canary, its own readiness): it looks on the
+    /// held schedule, so that the hold's end is seen without a nudge.
+    Held,
     /// Waiting out the drift grace; this much is left.
     Grace(Duration),
     /// Waiting for its turn, estimated to come in this long.
@@ -1132,45 +1135,278 @@ pub struct PollInput {
     pub members: u32,
     /// `berth:max-unavailable`, resolved.
     pub k: u32,
-    /// This instance's rank by (launch time, id) among members, 0 = oldest.
+    /// At rest: this instance's rank by (launch time, id) among the members
+    /// that are not drifted and not leaving (its peers once the drifted
+    /// members are gone), 0 = oldest. Held: its position in line.
     pub rank: u32,
     pub standing: Standing,
     /// How long one retirement round takes (drain + boot of the replacement).
     pub round: Duration,
+    /// `berth:rest-poll`.
+    pub rest_poll: Duration,
+    /// The `berth:nudge` doorbell works (instance-metadata tags enabled).
+    pub doorbell: bool,
 }
 
 /// How long to sleep before the next look at the group (before jitter).
+/// `P` = `berth:rest-poll`, `r` = [`PollInput::rank`].
 ///
-/// - At rest: `a · (1 + rank / k)` with
-///   `a = clamp((k / rate) · (ln(1 + n / k) + γ), floor, 0.8 · round)`, so the
-///   whole group makes about `rate` calls per second at any size (more only
-///   when the budget is large, so that discovery never delays the first
-///   windows), and the oldest members, who go first, look most often.
+/// - At rest, with the doorbell: `min(0.9 · P · (1 + r)², REST_POLL_CAP)`
+///   (0.9: [`REST_JITTER_MARGIN`]). The oldest member looks every `P` at
+///   most, the next every `4P`, `9P`, …: the group makes about
+///   `π²/6 / 0.9 ≈ 1.8` calls per `P` whatever its size, plus
+///   `n / REST_POLL_CAP`. Whoever sees a change rings the rest
+///   ([`ring_unaware`]), so the change reaches every member within about
+///   `P` of its making, or of an operator's nudge.
+/// - At rest, without the doorbell (no instance-metadata tags): nobody can
+///   tell anybody, so the first `k` members in line look every `P` to `2P`:
+///   `min(0.9 · P · (1 + r / k), REST_POLL_CAP)`, about
+///   `(k / 0.9P) · (ln(1 + n / k) + γ)` calls per second per group.
+/// - Held: like at rest without the doorbell, by position in line, capped
+///   as the back of the line is.
 /// - Waiting out the drift grace: until it ends.
-/// - Waiting for its turn: until the estimated turn (plus slack) when it is
-///   within two rounds; half of it when further, to correct the estimate as
-///   the rollout goes. Never sooner than `max(floor, k / window_rate)`, never
-///   later than `max(10 min, n / back_of_line_rate)`.
+/// - Waiting for its turn: until the estimated turn (plus slack). Without
+///   the doorbell, when the turn is more than two rounds away, half of it,
+///   to correct the estimate as the rollout goes; with it, the members
+///   ahead ring it when its turn comes ([`ring_on_retire`],
+///   [`ring_on_ready`]), and the estimate is only the backstop. Never sooner
+///   than `max(floor, k / window_rate)`, never later than
+///   `max(10 min, n / back_of_line_rate)` (0.25 calls/s, or 0.05 with the
+///   doorbell).
 pub fn next_poll(i: &PollInput) -> Duration {
     let k = i.k.max(1) as f64;
     let n = i.members.max(1) as f64;
-    let floor = POLL_FLOOR;
+    let r = i.rank as f64;
+    let p = i.rest_poll.max(MIN_REST_POLL).as_secs_f64() * REST_JITTER_MARGIN;
+    let back_rate = if i.doorbell {
+        BACK_OF_LINE_CALLS_PER_SEC_RUNG
+    } else {
+        BACK_OF_LINE_CALLS_PER_SEC
+    };
+    let back_of_line = DRIFTED_POLL_CAP.max(Duration::from_secs_f64(n / back_rate));
+    let capped = |secs: f64, cap: Duration| Duration::from_secs_f64(secs.min(cap.as_secs_f64()));
     match i.standing {
-        Standing::AtRest => {
-            let budget_a = (k / GROUP_CALLS_PER_SEC) * ((1.0 + n / k).ln() + EULER_GAMMA);
-            let a = budget_a
-                .min(REST_MAX_FRACTION_OF_ROUND * i.round.as_secs_f64())
-                .max(floor.as_secs_f64());
-            Duration::from_secs_f64(a * (1.0 + i.rank as f64 / k))
-        }
+        Standing::AtRest if i.doorbell => capped(p * (1.0 + r) * (1.0 + r), REST_POLL_CAP),
+        Standing::AtRest => capped(p * (1.0 + r / k), REST_POLL_CAP),
+        Standing::Held => capped(p * (1.0 + r / k), back_of_line),
         Standing::Grace(left) => left.max(Duration::from_secs(1)),
         Standing::Turn(t) => {
-            let window_floor = floor.max(Duration::from_secs_f64(k / WINDOW_CALLS_PER_SEC));
-            let cap = DRIFTED_POLL_CAP.max(Duration::from_secs_f64(n / BACK_OF_LINE_CALLS_PER_SEC));
-            let sleep = if t > i.round * 2 { t / 2 } else { t };
-            sleep.max(window_floor).min(cap)
+            let window_floor = POLL_FLOOR.max(Duration::from_secs_f64(k / WINDOW_CALLS_PER_SEC));
+            let sleep = if t > i.round * 2 && !i.doorbell {
+                t / 2
+            } else {
+                t
+            };
+            sleep.max(window_floor).min(back_of_line)
         }
     }
+}
+
+/// How long after its doorbell rings an agent looks at the group. An agent
+/// that already knows it is in a rollout (`drifted`) looks at once: it was
+/// rung for its turn. One that does not is most likely one of many rung
+/// together (an operator's nudge, or the first member to see a change
+/// ringing the line), so it waits its place: `(rank + u) / rate` with `u`
+/// uniform in [0, 1) and `rate = clamp(k / 25, 1, 4)` looks per second,
+/// so the oldest (first in line) look within seconds and a ring of 1,000
+/// members stays within the group's rolling budget.
+pub fn nudged_look_in(drifted: bool, rank: u32, k: u32, u: f64) -> Duration {
+    if drifted {
+        return Duration::ZERO;
+    }
+    let rate = (k as f64 / 25.0).clamp(1.0, NUDGE_LOOKS_PER_SEC_MAX);
+    Duration::from_secs_f64((rank as f64 + u.clamp(0.0, 1.0)) / rate)
+}
+
+/// What an agent does when its doorbell rings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ring<'a> {
+    /// The new `berth:nudge` value.
+    pub value: Option<&'a str>,
+    /// Its last look showed it drifted: it knows it is in line.
+    pub drifted: bool,
+    /// The mark of what it runs ([`change_mark`] of its pin and cluster).
+    pub mine: &'a str,
+    /// Its rank at its last look ([`Answer::rank`]), and `k`.
+    pub rank: u32,
+    pub k: u32,
+    /// Boot + drain, and `berth:drift-grace`.
+    pub round: Duration,
+    pub grace: Duration,
+    /// Uniform in [0, 1).
+    pub u: f64,
+}
+
+/// When a rung agent looks, and the change it was told of, if any.
+///
+/// - It knows it is in line: now (it was rung for its turn).
+/// - The nudge carries a change's mark other than its own: another agent
+///   saw the group prefer other versions, so it is in line, about
+///   `rank / k` windows back. The first `k` look at once (their place, as
+///   [`nudged_look_in`]); the others at their estimated turn,
+///   `grace + ⌊rank / k⌋ · round`, minus the slack, and the members ahead
+///   ring them when it comes. The mark is kept as a hint: if its look then
+///   shows the same change, the drift counts from the ring
+///   ([`Watch::hint`]), so a member told early does not wait out the grace
+///   again at its turn.
+/// - Otherwise (an operator's nudge, or its own versions): its place,
+///   [`nudged_look_in`].
+pub fn on_ring(r: &Ring<'_>) -> (Duration, Option<String>) {
+    let kind = r.value.and_then(ring_kind);
+    if r.drifted {
+        let at = match kind {
+            Some(RingKind::Turn) => r.round,
+            _ => Duration::ZERO,
+        };
+        return (at, None);
+    }
+    let spread = nudged_look_in(false, r.rank, r.k, r.u);
+    match (r.value.and_then(mark_of), kind) {
+        (Some(mark), Some(kind)) if mark != r.mine => {
+            let window = r.rank / r.k.max(1);
+            let at = match kind {
+                RingKind::Told if window == 0 => spread,
+                RingKind::Told => r.grace + r.round * window + READY_SLACK,
+                RingKind::Turn => r.round,
+                RingKind::Now => Duration::ZERO,
+            };
+            (at, Some(mark.to_string()))
+        }
+        _ => (spread, None),
+    }
+}
+
+/// The change's mark in a `berth:nudge` value an agent rang with
+/// ([`nudge_value`]), if it is one.
+pub fn mark_of(value: &str) -> Option<&str> {
+    let mark = value.split('.').next()?;
+    (mark.len() == MARK_HEX
+        && mark.bytes().all(|b| b.is_ascii_hexdigit())
+        && value.len() > mark.len())
+    .then_some(mark)
+}
+
+/// Hex digits of a change's mark.
+const MARK_HEX: usize = 12;
+
+/// The mark of one change: a short digest of the preferred versions and the
+/// cluster. An agent's nudges carry it (`<mark>.<from>.<ms>`), so a member
+/// whose `berth:nudge` starts with the mark has been told of this change,
+/// and nobody rings it again ([`ring_unaware`]).
+pub fn change_mark(preferred: &BTreeMap<String, String>, cluster: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(cluster.unwrap_or_default().as_bytes());
+    h.update([0]);
+    h.update(format_versions(preferred).as_bytes());
+    let d = h.finalize();
+    d[..MARK_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a nudge tells the member it rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingKind {
+    /// Told of the change: it is in line ([`ring_unaware`]).
+    Told,
+    /// Its turn comes when the ringer's replacement is ready, about a
+    /// round from now ([`ring_on_retire`]).
+    Turn,
+    /// Look now ([`ring_on_ready`], an Unhealthy member's ring).
+    Now,
+}
+
+impl RingKind {
+    fn code(self) -> char {
+        match self {
+            RingKind::Told => 't',
+            RingKind::Turn => 'r',
+            RingKind::Now => 'g',
+        }
+    }
+}
+
+/// The `berth:nudge` value an agent rings with: `<mark>.<kind>.<from>.<ms>`.
+pub fn nudge_value(mark: &str, kind: RingKind, me: &str, now_ms: u64) -> String {
+    format!("{mark}.{}.{me}.{now_ms}", kind.code())
+}
+
+/// The kind of an agent's `berth:nudge` value (`None`: not an agent's).
+pub fn ring_kind(value: &str) -> Option<RingKind> {
+    mark_of(value)?;
+    match value.split('.').nth(1)? {
+        "t" => Some(RingKind::Told),
+        "r" => Some(RingKind::Turn),
+        "g" => Some(RingKind::Now),
+        _ => None,
+    }
+}
+
+/// Whether a `berth:nudge` value carries `mark`.
+pub fn carries_mark(value: Option<&str>, mark: &str) -> bool {
+    value.is_some_and(|v| v.split('.').next() == Some(mark))
+}
+
+/// The members of the line (drifted and ready, from a look that read their
+/// tags) that have not been told of this change: whoever sees them rings
+/// them. The first to see a change therefore rings every drifted member
+/// once (one `CreateTags` per 1,000), and later lookers find them marked.
+pub fn ring_unaware(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    me: &str,
+) -> Vec<String> {
+    let mark = change_mark(preferred, snapshot.cluster.as_deref());
+    line(snapshot, preferred)
+        .into_iter()
+        .filter(|m| m.id != me && !carries_mark(m.nudge.as_deref(), &mark))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// Whom a retiring member rings: the one member whose turn its replacement
+/// opens, in the next window (`position + budget` in line, where `position`
+/// is its own place and `budget` = `k − U` before it left). One target per
+/// retirement, so a window of k costs k looks, not k².
+pub fn ring_on_retire(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    me: &str,
+    policy: &Policy,
+    now_s: u64,
+) -> Vec<String> {
+    let l = line(snapshot, preferred);
+    let Some(p) = l.iter().position(|m| m.id == me) else {
+        return Vec::new();
+    };
+    let k = policy.max_unavailable.resolve(snapshot.desired_capacity);
+    let b = k.saturating_sub(budget_unavailable(snapshot, preferred, policy, now_s)) as usize;
+    l.get(p + b.max(1))
+        .map(|m| vec![m.id.clone()])
+        .unwrap_or_default()
+}
+
+/// Whom a member that just became ready rings: the last member in line the
+/// budget now admits (`budget − 1`), the one whose turn it opened.
+pub fn ring_on_ready(
+    snapshot: &Snapshot,
+    preferred: &BTreeMap<String, String>,
+    me: &str,
+    policy: &Policy,
+    now_s: u64,
+) -> Vec<String> {
+    let k = policy.max_unavailable.resolve(snapshot.desired_capacity);
+    let b = k.saturating_sub(budget_unavailable(snapshot, preferred, policy, now_s)) as usize;
+    if b == 0 {
+        return Vec::new();
+    }
+    let l = line(snapshot, preferred);
+    l.get(b - 1)
+        .filter(|m| m.id != me)
+        .map(|m| vec![m.id.clone()])
+        .unwrap_or_default()
 }
 
 /// When this agent's turn can come, from one snapshot: `needed` more slots
@@ -1220,11 +1456,27 @@ pub fn turn_in(
 
 /// The agent's side of the rollout, shared by the agent and the simulation:
 /// remembers when drift was first seen and turns one snapshot into a
-/// decision and the time of the next look.
+/// decision, the time of the next look, and whom to ring.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
     /// When this instance first saw its pin differ from the preferred versions (ms since the epoch).
     pub drift_since_ms: Option<u64>,
+    /// A change another agent told it of ([`on_ring`]): the change's mark
+    /// and when (ms since the epoch). If its first look that sees drift sees
+    /// this change, the drift counts from then.
+    pub hint: Option<(String, u64)>,
+}
+
+/// Why the agent looks now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prompt {
+    /// Its schedule (or boot).
+    #[default]
+    Schedule,
+    /// Its doorbell rang.
+    Nudged,
+    /// It has just become ready (tagged `berth:state=ready`).
+    BecameReady,
 }
 
 /// One look at the group.
@@ -1246,15 +1498,50 @@ pub struct Observation<'a> {
     pub boot: Duration,
     /// How long a drain takes.
     pub drain: Duration,
+    /// The `berth:nudge` doorbell works here.
+    pub doorbell: bool,
+    pub prompt: Prompt,
+}
+
+/// What one look decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub decision: Decision,
+    /// When to look again (before jitter).
+    pub next: Duration,
+    /// Whom to ring (`berth:nudge`, [`nudge_value`]) after this look, and
+    /// with what; empty without the doorbell.
+    pub ring: Vec<(String, RingKind)>,
+    /// This instance's rank among its peers (at rest) or in line, for
+    /// [`nudged_look_in`].
+    pub rank: u32,
+}
+
+impl Answer {
+    /// The members rung with `kind`.
+    pub fn rung(&self, kind: RingKind) -> Vec<String> {
+        self.ring
+            .iter()
+            .filter(|(_, k)| *k == kind)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 }
 
 impl Watch {
-    /// Decides, and says when to look again (before jitter).
-    pub fn observe(&mut self, o: &Observation<'_>) -> (Decision, Duration) {
+    /// Decides, says when to look again (before jitter) and whom to ring.
+    pub fn observe(&mut self, o: &Observation<'_>) -> Answer {
         let drifted = o.drifted;
+        let hinted = self
+            .hint
+            .take()
+            .filter(|(mark, at)| {
+                *at <= o.now_ms && *mark == change_mark(o.preferred, o.snapshot.cluster.as_deref())
+            })
+            .map(|(_, at)| at);
         self.drift_since_ms = match (drifted, self.drift_since_ms) {
             (false, _) => None,
-            (true, None) => Some(o.now_ms),
+            (true, None) => Some(hinted.unwrap_or(o.now_ms)),
             (true, since) => since,
         };
         let age = self
@@ -1264,35 +1551,20 @@ impl Watch {
             image: o.image,
             alarms: o.alarms,
         };
-        let decision = decide(
-            o.snapshot,
-            o.me,
-            o.preferred,
-            o.policy,
-            age,
-            &checks,
-            o.now_ms / 1000,
-        );
-        let mut order: Vec<&MemberView> = o.snapshot.members.iter().collect();
-        order.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
-        let rank = order
-            .iter()
-            .position(|m| m.id == o.me)
-            .unwrap_or(order.len()) as u32;
         let now_s = o.now_ms / 1000;
+        let decision = decide(o.snapshot, o.me, o.preferred, o.policy, age, &checks, now_s);
+        let cluster = o.snapshot.cluster.as_deref();
         let k = o
             .policy
             .max_unavailable
             .resolve(o.snapshot.desired_capacity);
+        let line = line(o.snapshot, o.preferred);
+        let position = line.iter().position(|m| m.id == o.me);
         let standing = match &decision {
             Decision::Wait(Wait::Grace(left)) => Standing::Grace(*left),
             Decision::Wait(Wait::NotMyTurn { .. }) | Decision::Wait(Wait::NoBudget { .. }) => {
                 let budget = k.saturating_sub(unavailable(o.snapshot));
-                let line = line(o.snapshot, o.preferred);
-                let position = line
-                    .iter()
-                    .position(|m| m.id == o.me)
-                    .map_or(line.len() + 1, |p| p + 1) as u32;
+                let position = position.map_or(line.len() + 1, |p| p + 1) as u32;
                 let needed = position.saturating_sub(budget);
                 Standing::Turn(turn_in(
                     o.snapshot,
@@ -1304,16 +1576,64 @@ impl Watch {
                     o.drain,
                 ))
             }
+            Decision::Wait(Wait::Baking {
+                left: Some(left), ..
+            }) => Standing::Turn(*left + READY_SLACK),
+            Decision::Wait(Wait::NoDrift) => Standing::AtRest,
+            _ if drifted => Standing::Held,
             _ => Standing::AtRest,
         };
+        let rank = match standing {
+            Standing::AtRest => {
+                let mut peers: Vec<&MemberView> = o
+                    .snapshot
+                    .members
+                    .iter()
+                    .filter(|m| m.id == o.me || (!m.leaving() && !m.drifted(o.preferred, cluster)))
+                    .collect();
+                peers.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
+                peers
+                    .iter()
+                    .position(|m| m.id == o.me)
+                    .unwrap_or(peers.len())
+            }
+            _ => position.unwrap_or(line.len()),
+        } as u32;
         let next = next_poll(&PollInput {
             members: o.snapshot.members.len() as u32,
             k,
             rank,
             standing,
             round: o.boot + o.drain,
+            rest_poll: o.policy.rest_poll,
+            doorbell: o.doorbell,
         });
-        (decision, next)
+        let mut ring: Vec<(String, RingKind)> = Vec::new();
+        if o.doorbell {
+            let more = match (&decision, o.prompt) {
+                (Decision::Retire, _) => (
+                    ring_on_retire(o.snapshot, o.preferred, o.me, o.policy, now_s),
+                    RingKind::Turn,
+                ),
+                (_, Prompt::BecameReady) if !drifted => (
+                    ring_on_ready(o.snapshot, o.preferred, o.me, o.policy, now_s),
+                    RingKind::Now,
+                ),
+                _ => (Vec::new(), RingKind::Now),
+            };
+            ring.extend(more.0.into_iter().map(|id| (id, more.1)));
+            for id in ring_unaware(o.snapshot, o.preferred, o.me) {
+                if !ring.iter().any(|(r, _)| *r == id) {
+                    ring.push((id, RingKind::Told));
+                }
+            }
+        }
+        Answer {
+            decision,
+            next,
+            ring,
+            rank,
+        }
     }
 }
 
@@ -1336,6 +1656,7 @@ mod tests {
             cluster: None,
             ready_since: ready.then_some(launch),
             abandoned: false,
+            nudge: None,
         }
     }
 
@@ -1650,41 +1971,296 @@ mod tests {
         assert_eq!(MaxUnavailable::Percent(10).resolve(5), 1);
     }
 
+    /// The group's calls per second at rest, summed over its members, on
+    /// the default `berth:rest-poll`.
+    fn rest_rate(n: u32, k: u32, doorbell: bool) -> f64 {
+        (0..n)
+            .map(|rank| {
+                let d = next_poll(&PollInput {
+                    members: n,
+                    k,
+                    rank,
+                    standing: Standing::AtRest,
+                    round: Duration::from_secs(150),
+                    rest_poll: DEFAULT_REST_POLL,
+                    doorbell,
+                });
+                1.0 / d.as_secs_f64()
+            })
+            .sum()
+    }
+
     #[test]
-    fn schedule_spends_about_one_call_per_second_per_group_at_rest() {
-        let round = Duration::from_secs(150);
-        let rate = |n: u32, k: u32| -> f64 {
-            (0..n)
-                .map(|rank| {
-                    let d = next_poll(&PollInput {
-                        members: n,
-                        k,
-                        rank,
-                        standing: Standing::AtRest,
-                        round,
-                    });
-                    1.0 / d.as_secs_f64()
-                })
-                .sum()
-        };
-        for (n, k) in [(10u32, 1u32), (100, 1), (100, 10), (1000, 1)] {
-            let r = rate(n, k);
-            assert!(r <= GROUP_CALLS_PER_SEC * 1.05, "n={n} k={k}: {r} calls/s");
+    fn at_rest_with_the_doorbell_a_group_makes_under_two_calls_per_rest_poll() {
+        let p = DEFAULT_REST_POLL.as_secs_f64();
+        for (n, k) in [(10u32, 1u32), (100, 1), (100, 10), (1000, 1), (1000, 100)] {
+            let per_poll = rest_rate(n, k, true) * p;
+            // π²/6 ≈ 1.645 over the jitter margin, plus n / REST_POLL_CAP.
+            let cap = 1.645 / REST_JITTER_MARGIN + n as f64 * p / REST_POLL_CAP.as_secs_f64();
+            assert!(
+                per_poll <= cap,
+                "n={n} k={k}: {per_poll} calls per rest-poll"
+            );
+            assert!(
+                per_poll >= 1.0,
+                "n={n} k={k}: the oldest looks every rest-poll"
+            );
         }
-        // A large budget trades calls for discovery: nobody waits past 0.8 of a round first.
-        let first = next_poll(&PollInput {
-            members: 1000,
-            k: 100,
-            rank: 0,
-            standing: Standing::AtRest,
-            round,
-        });
-        assert_eq!(first, Duration::from_secs(120));
-        assert!(rate(1000, 100) < 3.0);
+        // The region's goal: 50 groups of 100 at rest, at most 1 call/s.
+        assert!(50.0 * rest_rate(100, 1, true) <= 1.0);
+        // The oldest looks every rest-poll (0.9 of it, before ±10 % jitter),
+        // the next every 4, then 9.
+        let at = |rank| {
+            next_poll(&PollInput {
+                members: 100,
+                k: 1,
+                rank,
+                standing: Standing::AtRest,
+                round: Duration::from_secs(150),
+                rest_poll: DEFAULT_REST_POLL,
+                doorbell: true,
+            })
+        };
+        let p = DEFAULT_REST_POLL.mul_f64(REST_JITTER_MARGIN);
+        assert_eq!(at(0), p);
+        assert_eq!(at(1), p * 4);
+        assert_eq!(at(2), p * 9);
+        assert!(at(0).mul_f64(1.0 + crate::backoff::JITTER_FRACTION) <= DEFAULT_REST_POLL);
+        assert_eq!(at(99), REST_POLL_CAP);
+    }
+
+    #[test]
+    fn at_rest_without_the_doorbell_the_first_k_look_every_rest_poll() {
+        let at = |rank, k| {
+            next_poll(&PollInput {
+                members: 100,
+                k,
+                rank,
+                standing: Standing::AtRest,
+                round: Duration::from_secs(150),
+                rest_poll: DEFAULT_REST_POLL,
+                doorbell: false,
+            })
+        };
+        let p = DEFAULT_REST_POLL.mul_f64(REST_JITTER_MARGIN);
+        assert_eq!(at(0, 1), p);
+        assert_eq!(at(9, 10), p.mul_f64(1.9));
+        assert_eq!(at(99, 1), p * 100);
+        // With k = 1, 50 groups of 100 stay within the region's 1 call/s.
+        assert!(50.0 * rest_rate(100, 1, false) <= 1.0);
+    }
+
+    #[test]
+    fn a_nudged_agent_waits_its_place_unless_it_knows_it_is_in_line() {
+        assert_eq!(nudged_look_in(true, 500, 1, 0.5), Duration::ZERO);
+        assert_eq!(nudged_look_in(false, 0, 1, 0.5), Duration::from_millis(500));
+        // k = 1: one look per second, the 1,000th member after ~1,000 s.
+        assert_eq!(nudged_look_in(false, 999, 1, 0.0), Duration::from_secs(999));
+        // k = 100: 4 per second.
+        assert_eq!(nudged_look_in(false, 99, 100, 1.0), Duration::from_secs(25));
+    }
+
+    #[test]
+    fn a_rung_member_looks_when_its_turn_can_come() {
+        let mine = change_mark(&v(OLD), None);
+        let other = change_mark(&v(NEW), None);
+        let ring = |value: &str, drifted: bool, rank: u32| {
+            on_ring(&Ring {
+                value: Some(value),
+                drifted,
+                mine: &mine,
+                rank,
+                k: 10,
+                round: Duration::from_secs(150),
+                grace: DEFAULT_DRIFT_GRACE,
+                u: 0.0,
+            })
+        };
+        let told = nudge_value(&other, RingKind::Told, "i-x", 1);
+        let turn = nudge_value(&other, RingKind::Turn, "i-x", 1);
+        let now = nudge_value(&other, RingKind::Now, "i-x", 1);
+        let round = Duration::from_secs(150);
+        // In line already: now, or a round from now when told its turn.
+        assert_eq!(ring(&told, true, 500), (Duration::ZERO, None));
+        assert_eq!(ring(&now, true, 500), (Duration::ZERO, None));
+        assert_eq!(ring(&turn, true, 500), (round, None));
+        // Told of another change, in the first window: its place.
+        let hint = Some(other.clone());
+        assert_eq!(
+            ring(&told, false, 3),
+            (Duration::from_secs(3), hint.clone())
+        );
+        // Three windows back: grace + 3 rounds, and the slack.
+        let at = Duration::from_secs(60 + 450) + READY_SLACK;
+        assert_eq!(ring(&told, false, 35), (at, hint.clone()));
+        assert_eq!(ring(&turn, false, 35), (round, hint.clone()));
+        assert_eq!(ring(&now, false, 35), (Duration::ZERO, hint));
+        assert_eq!(ring_kind(&turn), Some(RingKind::Turn));
+        // An operator's value, or its own versions: its place, no hint.
+        assert_eq!(
+            ring("2026-12-06", false, 35),
+            (Duration::from_secs(35), None)
+        );
+        let own = nudge_value(&mine, RingKind::Told, "i-x", 1);
+        assert_eq!(ring(&own, false, 35), (Duration::from_secs(35), None));
+        assert_eq!(mark_of(&told), Some(other.as_str()));
+        assert_eq!(mark_of("1733500000"), None);
+    }
+
+    #[test]
+    fn a_hint_of_the_same_change_counts_the_drift_from_the_ring() {
+        let s = base();
+        let mark = change_mark(&v(NEW), s.cluster.as_deref());
+        let policy = Policy::default();
+        // Told 61 s ago (the default grace is 60 s): it may go at once.
+        let mut w = Watch {
+            hint: Some((mark, 1_000_000 - 61_000)),
+            ..Watch::default()
+        };
+        let a = view_with(&s, &policy, |_| {}, &mut w);
+        assert_eq!(a.decision, Decision::Retire);
+        // A hint of another change counts for nothing.
+        let mut w = Watch {
+            hint: Some(("0123456789ab".into(), 1_000_000 - 61_000)),
+            ..Watch::default()
+        };
+        let a = view_with(&s, &policy, |_| {}, &mut w);
+        assert!(
+            matches!(a.decision, Decision::Wait(Wait::Grace(_))),
+            "{a:?}"
+        );
+    }
+
+    fn view(snapshot: &Snapshot, o: impl FnOnce(&mut Observation<'_>), w: &mut Watch) -> Answer {
+        let policy = Policy {
+            drift_grace: Duration::ZERO,
+            ..Policy::default()
+        };
+        view_with(snapshot, &policy, o, w)
+    }
+
+    fn view_with(
+        snapshot: &Snapshot,
+        policy: &Policy,
+        o: impl FnOnce(&mut Observation<'_>),
+        w: &mut Watch,
+    ) -> Answer {
+        let pref = v(NEW);
+        let mut obs = Observation {
+            now_ms: 1_000_000,
+            snapshot,
+            me: "i-a",
+            drifted: true,
+            preferred: &pref,
+            policy,
+            image: &ImageCheck::Present,
+            alarms: &AlarmCheck::NotConfigured,
+            boot: Duration::from_secs(120),
+            drain: Duration::from_secs(30),
+            doorbell: true,
+            prompt: Prompt::Schedule,
+        };
+        o(&mut obs);
+        w.observe(&obs)
+    }
+
+    #[test]
+    fn the_first_to_see_a_change_rings_the_line_once() {
+        let mut s = base();
+        let w = &mut Watch::default();
+        // i-a, the head, retires: it rings i-b, whose turn its replacement
+        // opens (position 0 + budget 1), and tells the rest of the line.
+        let a = view(&s, |_| {}, w);
+        assert_eq!(a.decision, Decision::Retire);
+        assert_eq!(a.rung(RingKind::Turn), vec!["i-b"]);
+        assert_eq!(a.rung(RingKind::Told), vec!["i-c", "i-d"]);
+        // Once they carry the change's mark, nobody rings them again.
+        let mark = change_mark(&v(NEW), s.cluster.as_deref());
+        for m in &mut s.members {
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "i-a", 1));
+        }
+        let w = &mut Watch::default();
+        let b = view(&s, |o| o.me = "i-b", w);
+        assert!(b.ring.is_empty(), "{:?}", b.ring);
+        // An operator's nudge carries no mark: rung again, once.
+        s.members[2].nudge = Some("2026-12-06".into());
+        let w = &mut Watch::default();
+        let b = view(&s, |o| o.me = "i-b", w);
+        assert_eq!(b.rung(RingKind::Told), vec!["i-c"]);
+        // Without the doorbell, nobody rings.
+        let w = &mut Watch::default();
+        let c = view(&s, |o| o.doorbell = false, w);
+        assert!(c.ring.is_empty());
+    }
+
+    #[test]
+    fn a_retiring_member_rings_the_one_whose_turn_its_replacement_opens() {
+        let mut s = base();
+        let mark = change_mark(&v(NEW), s.cluster.as_deref());
+        for m in &mut s.members {
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "x", 1));
+        }
+        let a = view(&s, |_| {}, &mut Watch::default());
+        assert_eq!(a.decision, Decision::Retire);
+        assert_eq!(a.ring, vec![("i-b".to_string(), RingKind::Turn)]);
+        // Budget 2: i-a and i-b go; i-a rings i-c (position 0 + 2).
+        let policy = Policy {
+            drift_grace: Duration::ZERO,
+            max_unavailable: MaxUnavailable::Count(2),
+            ..Policy::default()
+        };
+        let a = view_with(&s, &policy, |_| {}, &mut Watch::default());
+        assert_eq!(a.ring, vec![("i-c".to_string(), RingKind::Turn)]);
+    }
+
+    #[test]
+    fn a_member_that_becomes_ready_rings_the_one_it_admits() {
+        let mut s = base();
+        let mark = change_mark(&v(NEW), s.cluster.as_deref());
+        for m in &mut s.members {
+            m.nudge = Some(nudge_value(&mark, RingKind::Told, "x", 1));
+        }
+        // i-a was replaced by i-new, now ready: budget 1 admits i-b.
+        s.members[0] = member("i-new", 980, true, NEW);
+        let a = view(
+            &s,
+            |o| {
+                o.me = "i-new";
+                o.drifted = false;
+                o.prompt = Prompt::BecameReady;
+            },
+            &mut Watch::default(),
+        );
+        assert_eq!(a.decision, Decision::Wait(Wait::NoDrift));
+        assert_eq!(a.ring, vec![("i-b".to_string(), RingKind::Now)]);
+        // On its schedule it rings nobody.
+        let a = view(
+            &s,
+            |o| {
+                o.me = "i-new";
+                o.drifted = false;
+            },
+            &mut Watch::default(),
+        );
+        assert!(a.ring.is_empty());
+        // Its rank at rest counts only its peers: the drifted leave.
+        assert_eq!(a.rank, 0);
     }
 
     #[test]
     fn schedule_when_drifted() {
+        // With the doorbell, the members ahead ring it: the estimate is
+        // only a backstop, so it sleeps all the way.
+        let with = next_poll(&PollInput {
+            members: 100,
+            k: 10,
+            rank: 50,
+            standing: Standing::Turn(Duration::from_secs(1000)),
+            round: Duration::from_secs(150),
+            rest_poll: DEFAULT_REST_POLL,
+            doorbell: true,
+        });
+        assert_eq!(with, Duration::from_secs(1000));
         let at = |k: u32, standing: Standing| {
             next_poll(&PollInput {
                 members: 100,
@@ -1692,6 +2268,8 @@ mod tests {
                 rank: 50,
                 standing,
                 round: Duration::from_secs(150),
+                rest_poll: DEFAULT_REST_POLL,
+                doorbell: false,
             })
         };
         assert_eq!(

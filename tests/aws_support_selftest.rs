@@ -160,6 +160,39 @@ fn moto_groups_tags_health_hooks_and_reset() {
         ids,
         "moto replaced nothing"
     );
+    let listed = moto.group_instances(&group);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| (
+                i.id.as_str(),
+                i.lifecycle_state.as_str(),
+                i.health_status.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (ids[0].as_str(), "InService", "Unhealthy"),
+            (ids[1].as_str(), "InService", "Healthy"),
+        ]
+    );
+    // What the fleet harness replaces it with: terminated and replaced in
+    // one call, the group's size kept.
+    let launched = moto.launch_times(&ids);
+    assert_eq!(launched.len(), 2, "{launched:?}");
+    moto.terminate_in_group(&ids[0], false).unwrap();
+    let after = moto.group_instance_ids(&group);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        !after.contains(&ids[0]) && after.contains(&ids[1]),
+        "{after:?}"
+    );
+    let new = after.iter().find(|i| **i != ids[1]).unwrap();
+    assert_eq!(moto.instance_health(&group, new), "Healthy");
+    assert!(moto.launch_times(&[new])[new] >= launched[&ids[1]]);
+    assert!(
+        moto.terminate_in_group(&ids[0], false).is_err(),
+        "no member any more"
+    );
 
     // Lifecycle hooks.
     moto.put_lifecycle_hook(&group, "launch-hook", LAUNCHING, 120);

@@ -85,6 +85,13 @@ impl Ec2World {
         let env = self.env();
         self.fx.agent_ec2(&env_refs(&env))
     }
+
+    /// Rings the instance's doorbell (`berth:nudge` in IMDS), as an
+    /// operator does after changing the group's tags: at rest the agent
+    /// reads the group only every `berth:rest-poll`.
+    fn nudge(&self, value: &str) {
+        self.imds.set_tag("berth:nudge", value);
+    }
 }
 
 fn forever(name: &str) -> String {
@@ -116,6 +123,7 @@ fn identity_from_imds_tags_pins_the_group_tags_and_tags_the_instance() {
     // Drift on EC2 is shown, and the instance keeps its pinned versions.
     w.moto
         .set_group_tags(&w.group, &[("berth:version", "next")]);
+    w.nudge("operator-1");
     let s = w.fx.wait_status("drift shown", |s| {
         !s["drift"].as_array().unwrap().is_empty()
     });
@@ -396,6 +404,7 @@ fn bad_group_tags_are_named_and_nothing_starts_until_fixed() {
     // After pinning, a bad tag is reported and changes nothing.
     w.moto
         .set_group_tags(&w.group, &[("berth:version", "-bad")]);
+    w.nudge("operator-1");
     let s = w.fx.wait_status("error shown", |s| {
         s["message"]
             .as_str()
@@ -426,8 +435,13 @@ fn aws_throttling_or_outage_changes_nothing_and_recovers() {
         .as_str()
         .unwrap()
         .to_string();
-    for fault in [Fault::Throttle, Fault::Unavailable] {
+    for (i, fault) in [Fault::Throttle, Fault::Unavailable]
+        .into_iter()
+        .enumerate()
+    {
         w.proxy.set_fault(fault);
+        // At rest the agent looks every berth:rest-poll: ring it.
+        w.nudge(&format!("operator-{i}"));
         let s: Value = w.fx.wait_status("error shown", |s| {
             s["message"]
                 .as_str()

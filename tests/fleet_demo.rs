@@ -309,6 +309,15 @@ fn aws_command(group: &str, value: &str) -> String {
     )
 }
 
+/// The doorbell: `berth:nudge` on the group's oldest members (docs/rollouts.md).
+fn nudge_command(group: &str) -> String {
+    format!(
+        "$ aws ec2 create-tags --tags Key=berth:nudge,Value=$(date +%s) --resources $(aws ec2 describe-instances \
+         --filters Name=tag:aws:autoscaling:groupName,Values={group} Name=instance-state-name,Values=running \
+         --query 'sort_by(Reservations[].Instances[], &LaunchTime)[:5].InstanceId' --output text)"
+    )
+}
+
 fn scenario(
     fleet: &Fleet,
     term: &Mutex<Term>,
@@ -331,7 +340,8 @@ fn scenario(
         term,
         &[
             aws_command(&fleet.group, "2"),
-            "(here: the same CreateOrUpdateTags call, on moto)".into(),
+            nudge_command(&fleet.group),
+            "(here: the same CreateOrUpdateTags and CreateTags calls, on moto; the doorbell is read through IMDS)".into(),
             format!(
                 "Each agent sees the drift, waits out the drift grace ({GRACE}), and retires when the gate lets it:"
             ),
@@ -345,6 +355,7 @@ fn scenario(
     fleet
         .moto
         .set_group_tags(&fleet.group, &[("berth:version", "2")]);
+    fleet.nudge_all("operator-2");
     wait_for("every instance replaced and ready on 2", STEP, || {
         let l = mon.latest()?;
         (l.ready_on("2") == SIZE
@@ -399,6 +410,7 @@ fn scenario(
     fleet
         .moto
         .set_group_tags(&fleet.group, &[("berth:version", TYPO)]);
+    fleet.nudge_all("operator-typo");
     const MISSING: &str = "does not exist in its registry";
     wait_for("every agent to report the missing image", STEP, || {
         let l = mon.latest()?;

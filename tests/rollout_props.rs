@@ -137,6 +137,7 @@ impl Member {
             cluster: None,
             ready_since: self.ready_since,
             abandoned: false,
+            nudge: None,
         }
     }
 
@@ -775,6 +776,7 @@ proptest! {
                     cluster: None,
                     ready_since: Some(launch),
                     abandoned: false,
+                    nudge: None,
                 })
                 .collect(),
             cluster: None,
@@ -851,6 +853,7 @@ fn rollout_snapshot(
                     cluster: None,
                     ready_since,
                     abandoned,
+                    nudge: None,
                 },
             )
             .collect(),

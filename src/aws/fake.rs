@@ -47,6 +47,17 @@ impl FakeGroup {
             .or_default()
             .extend(std::iter::repeat_n(e, times));
     }
+    /// Sets `tags` on the instances `ids` (as EC2's `CreateTags` does).
+    fn apply_tags(&self, ids: &[String], tags: &[(&str, &str)]) {
+        for i in self.state().instances.iter_mut() {
+            if ids.contains(&i.instance_id) {
+                for (k, v) in tags {
+                    i.tags.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+    }
+
     pub fn calls(&self, prefix: &str) -> Vec<String> {
         self.0
             .lock()
@@ -105,11 +116,15 @@ impl GroupApi for FakeGroup {
     }
     async fn tag_instance(&self, id: &str, tags: &[(&str, &str)]) -> Result<(), AwsError> {
         let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.call("CreateTags", format!("{id} {}", kv.join(",")))
+        self.call("CreateTags", format!("{id} {}", kv.join(",")))?;
+        self.apply_tags(&[id.to_string()], tags);
+        Ok(())
     }
     async fn tag_instances(&self, ids: &[String], tags: &[(&str, &str)]) -> Result<(), AwsError> {
         let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.call("CreateTags", format!("{} {}", ids.join(","), kv.join(",")))
+        self.call("CreateTags", format!("{} {}", ids.join(","), kv.join(",")))?;
+        self.apply_tags(ids, tags);
+        Ok(())
     }
     async fn tag_group(&self, group: &str, tags: &[(String, String)]) -> Result<(), AwsError> {
         let kv: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();

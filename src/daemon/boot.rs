@@ -61,6 +61,10 @@ pub struct Ec2 {
     pub meta: InstanceMetadata,
     pub group_name: String,
     pub config: aws_config::SdkConfig,
+    /// This instance's lifecycle state in the group's last read at boot
+    /// (`None`: not read yet, or not a member), so the launch hook check
+    /// costs no second `DescribeAutoScalingGroups`.
+    pub boot_lifecycle: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Who this instance is, in its group.
@@ -102,6 +106,9 @@ impl Source {
             Source::Local(path) => resolve_local(path, manifest),
             Source::Ec2(e) => {
                 let snapshot = e.group.describe(&e.group_name).await?;
+                *e.boot_lifecycle.lock().unwrap_or_else(|p| p.into_inner()) = snapshot
+                    .member(&e.meta.instance_id)
+                    .map(|m| m.lifecycle_state.clone());
                 let identity = e.identity();
                 let desired = desired::resolve(&identity, &snapshot.tags, manifest)?;
                 Ok((identity, desired))
@@ -323,6 +330,7 @@ async fn connect_ec2(
         meta,
         group_name,
         config,
+        boot_lifecycle: Default::default(),
     }))
 }
 

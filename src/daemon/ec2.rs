@@ -8,6 +8,7 @@
 //! (access denied, validation) is reported once, at ERROR, and never
 //! retried.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -17,8 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use super::boot::{Booted, Ec2, Ids, RunOptions};
 use super::sleep_or_cancel;
-use crate::aws::asg::GroupApi;
+use crate::aws::asg::{GroupApi, GroupSnapshot, InstanceInfo, Member};
 use crate::backoff::{AWS_CALL, GaveUp, retry};
+use crate::rollout::{self, MemberView, Snapshot};
 use crate::status::AgentState;
 use crate::store::{Retiring, Store};
 use crate::supervisor::{DrainReason, Handle, Report};
@@ -100,10 +102,16 @@ pub fn spawn(
         }
         .run(),
     );
+    let boot_lifecycle = e
+        .boot_lifecycle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     tracker.spawn(launch_hook(
         e.group.clone(),
         ids.clone(),
         agent.launch_timeout.0,
+        boot_lifecycle,
         report.clone(),
         round.clone(),
     ));
@@ -111,6 +119,8 @@ pub fn spawn(
         e.group.clone(),
         ids.clone(),
         agent.unhealthy_after.0,
+        booted.plan.versions(),
+        booted.plan.cluster.clone(),
         report,
         round.clone(),
     ));
@@ -201,11 +211,38 @@ pub async fn launch_hook<G: GroupApi>(
     group: G,
     ids: Ids,
     timeout: Duration,
+    boot_lifecycle: Option<String>,
     mut report: watch::Receiver<Report>,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
     let deadline = started + timeout;
+    // The member's state first: only a member in Pending:Wait has a launch
+    // hook to complete, so the others (every agent restart, every group
+    // without a hook) spend no call on the hooks. The boot read of the
+    // group already told it, when it was taken.
+    let state = match boot_lifecycle {
+        Some(state) => state,
+        None => match retry(
+            &AWS_CALL,
+            "DescribeAutoScalingGroups",
+            &cancel,
+            Some(deadline),
+            || group.describe(&ids.group),
+        )
+        .await
+        {
+            Ok(s) => s
+                .member(&ids.instance_id)
+                .map(|m| m.lifecycle_state.clone())
+                .unwrap_or_default(),
+            Err(_) => return,
+        },
+    };
+    if state != tags::PENDING_WAIT {
+        tracing::debug!(lifecycle_state = %state, "no launch hook waits for this instance");
+        return;
+    }
     let hooks = match retry(
         &AWS_CALL,
         "DescribeLifecycleHooks",
@@ -218,33 +255,14 @@ pub async fn launch_hook<G: GroupApi>(
         Ok(h) => h,
         Err(GaveUp::Cancelled) => return,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read the group's lifecycle hooks; a launch hook (if any) is left to its timeout");
+            tracing::error!(error = %e, "cannot read the group's lifecycle hooks; the launch hook is left to its timeout");
             return;
         }
     };
     let Some(hook) = hooks.into_iter().find(|h| h.transition == tags::LAUNCHING) else {
-        tracing::debug!("no launch lifecycle hook");
+        tracing::warn!(lifecycle_state = %state, "in Pending:Wait, but the group has no launch hook");
         return;
     };
-    let state = match retry(
-        &AWS_CALL,
-        "DescribeAutoScalingGroups",
-        &cancel,
-        Some(deadline),
-        || group.describe(&ids.group),
-    )
-    .await
-    {
-        Ok(s) => s
-            .member(&ids.instance_id)
-            .map(|m| m.lifecycle_state.clone())
-            .unwrap_or_default(),
-        Err(_) => return,
-    };
-    if state != tags::PENDING_WAIT {
-        tracing::info!(hook = %hook.name, lifecycle_state = %state, "launch hook not waiting for this instance");
-        return;
-    }
     tracing::info!(hook = %hook.name, timeout = ?timeout, "launch hook waits for every container to be running and healthy");
     let beat_every = Duration::from_secs((hook.heartbeat_timeout_secs.max(30) / 3) as u64);
     let mut last_beat = Instant::now();
@@ -302,11 +320,15 @@ pub fn escalate_at(failed: &[(String, SystemTime)], after: Option<Duration>) -> 
 }
 
 /// Marks the instance `Unhealthy` once some component has been failed for
-/// `after` (`agent.unhealthy_after`), so the group replaces it.
+/// `after` (`agent.unhealthy_after`), so the group replaces it; then nudges
+/// the members that act on it ([`nudge_on_unhealthy`]). `pin` and `cluster`
+/// are what this instance runs.
 pub async fn escalate_health<G: GroupApi>(
     group: G,
     ids: Ids,
     after: Option<Duration>,
+    pin: BTreeMap<String, String>,
+    cluster: String,
     mut report: watch::Receiver<Report>,
     cancel: CancellationToken,
 ) {
@@ -323,7 +345,10 @@ pub async fn escalate_health<G: GroupApi>(
                     })
                     .await
                     {
-                        Ok(()) => tracing::error!("instance marked Unhealthy"),
+                        Ok(()) => {
+                            tracing::error!("instance marked Unhealthy");
+                            nudge_on_unhealthy(&group, &ids, &pin, &cluster, &cancel).await;
+                        }
                         Err(GaveUp::Cancelled) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "cannot mark the instance Unhealthy: the instance profile needs autoscaling:SetInstanceHealth")
@@ -342,17 +367,162 @@ pub async fn escalate_health<G: GroupApi>(
     }
 }
 
+/// The nudge after this instance marked itself Unhealthy gives up after
+/// this long: the group replaces the instance within seconds, and a late
+/// nudge is of no use.
+pub const UNHEALTHY_NUDGE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How the rollout gate sees one member: its membership in the group, and
+/// its EC2 tags and launch time (`ec2_tags` `None`: EC2 did not describe
+/// it).
+pub(super) fn member_view(
+    m: &Member,
+    ec2_tags: Option<&BTreeMap<String, String>>,
+    launch_time: u64,
+) -> MemberView {
+    let tag = |k: &str| ec2_tags.and_then(|t| t.get(k).cloned());
+    let ready_since = tag(tags::TAG_READY_SINCE).and_then(|v| rollout::parse_ready_since(&v));
+    MemberView {
+        id: m.instance_id.clone(),
+        launch_time,
+        in_service: m.lifecycle_state == tags::IN_SERVICE,
+        healthy: m.health_status == tags::HEALTHY,
+        berth_state: tag(tags::TAG_STATE),
+        versions: tag(tags::TAG_VERSIONS).and_then(|v| rollout::parse_versions(&v)),
+        cluster: tag(tags::TAG_PINNED_CLUSTER),
+        ready_since,
+        abandoned: rollout::launch_abandoned(&m.lifecycle_state, ready_since),
+        nudge: tag(tags::TAG_NUDGE),
+    }
+}
+
+/// Whom an instance that marked itself Unhealthy nudges, from one snapshot:
+/// the first `berth:max-unavailable` members in line for its own versions
+/// `pin` (ready members on other versions: the next to retire, who must see
+/// the rollout halted), and the [rollback writer](rollout::rollback_writer)
+/// (the oldest ready member on other versions). A bad rollout tag counts as
+/// a budget of 1 (every agent waits on it anyway).
+pub fn unhealthy_nudge_targets(
+    snap: &GroupSnapshot,
+    infos: &[InstanceInfo],
+    me: &str,
+    pin: &BTreeMap<String, String>,
+    cluster: &str,
+    now_s: u64,
+) -> Vec<String> {
+    let members = snap
+        .members
+        .iter()
+        .map(|m| {
+            let info = infos.iter().find(|i| i.instance_id == m.instance_id);
+            member_view(
+                m,
+                info.map(|i| &i.tags),
+                info.map_or(now_s, |i| i.launch_time),
+            )
+        })
+        .collect();
+    let snapshot = Snapshot {
+        desired_capacity: snap.desired_capacity.max(0) as u32,
+        members,
+        cluster: Some(cluster.to_string()),
+    };
+    let k = rollout::policy_from_tags(&snap.tags)
+        .map_or(1, |p| p.max_unavailable.resolve(snapshot.desired_capacity));
+    let mut targets: Vec<String> = rollout::line(&snapshot, pin)
+        .into_iter()
+        .filter(|m| m.id != me)
+        .take(k.max(1) as usize)
+        .map(|m| m.id.clone())
+        .collect();
+    if let Some(w) = rollout::rollback_writer(&snapshot, pin)
+        && w.id != me
+        && !targets.contains(&w.id)
+    {
+        targets.push(w.id.clone());
+    }
+    targets
+}
+
+/// Rings the doorbell of [`unhealthy_nudge_targets`] right after this
+/// instance marked itself Unhealthy. The rollout halts on an Unhealthy
+/// member on the new versions, but only while the group lists it with its
+/// tags readable: Auto Scaling replaces it within seconds, faster than a
+/// member waiting for its turn may look. Nudged, they look now (and the
+/// rollback writer rolls back). A nudge is a hint: a failure is logged and
+/// costs only that.
+pub async fn nudge_on_unhealthy<G: GroupApi>(
+    group: &G,
+    ids: &Ids,
+    pin: &BTreeMap<String, String>,
+    cluster: &str,
+    cancel: &CancellationToken,
+) {
+    let deadline = Some(Instant::now() + UNHEALTHY_NUDGE_DEADLINE);
+    let read = async {
+        let snap = retry(
+            &AWS_CALL,
+            "DescribeAutoScalingGroups",
+            cancel,
+            deadline,
+            || group.describe(&ids.group),
+        )
+        .await?;
+        let infos = retry(&AWS_CALL, "DescribeInstances", cancel, deadline, || {
+            group.instances(&ids.group)
+        })
+        .await?;
+        Ok::<_, GaveUp<crate::aws::AwsError>>((snap, infos))
+    };
+    let (snap, infos) = match read.await {
+        Ok(r) => r,
+        Err(GaveUp::Cancelled) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the group to nudge the next members in line; they see the halt only if they look in time");
+            return;
+        }
+    };
+    let now_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let targets = unhealthy_nudge_targets(&snap, &infos, &ids.instance_id, pin, cluster, now_s);
+    if targets.is_empty() {
+        return;
+    }
+    // It runs the preferred versions: its mark is the change's.
+    let value = rollout::nudge_value(
+        &rollout::change_mark(pin, Some(cluster)),
+        rollout::RingKind::Now,
+        &ids.instance_id,
+        now_s * 1000,
+    );
+    match group
+        .tag_instances(&targets, &[(tags::TAG_NUDGE, value.as_str())])
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(members = targets.len(), first = %targets[0], "nudged the next members in line: this instance is Unhealthy, which halts a rollout to its versions")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot nudge the next members in line; they see the halt only if they look in time")
+        }
+    }
+}
+
 /// How often the agent reads its `berth:nudge` tag through IMDS.
 pub const NUDGE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The doorbell as the rollout driver sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Doorbell {
     /// Instance-metadata tags are readable: the driver may rest on the
     /// slow backstop schedule. `None` until IMDS has answered once.
     pub enabled: Option<bool>,
     /// How many times the `berth:nudge` value has changed since boot.
     pub rings: u64,
+    /// The value it last changed to.
+    pub value: Option<String>,
 }
 
 /// Watches this instance's `berth:nudge` tag through IMDS (local, no API
@@ -394,8 +564,11 @@ pub async fn watch_nudges(
                 Ok(v) => {
                     warned = false;
                     if last.as_ref().is_some_and(|l| *l != v) {
-                        tracing::info!(nudge = ?v, "nudged: looking at the group now");
-                        tx.send_modify(|d| d.rings += 1);
+                        tracing::info!(nudge = ?v, "nudged");
+                        tx.send_modify(|d| {
+                            d.rings += 1;
+                            d.value = v.clone();
+                        });
                     }
                     last = Some(v);
                 }
@@ -857,8 +1030,171 @@ mod tests {
             ..Default::default()
         });
         let after = crate::manifest::AgentSettings::default().unhealthy_after.0;
-        escalate_health(g.clone(), ids(), after, rx, CancellationToken::new()).await;
+        escalate_health(
+            g.clone(),
+            ids(),
+            after,
+            pin("web=2"),
+            "web".into(),
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(g.calls("SetInstanceHealth"), vec!["SetInstanceHealth i-1"]);
+        assert!(
+            g.calls("CreateTags").is_empty(),
+            "alone in its group: nobody to nudge"
+        );
+    }
+
+    fn pin(versions: &str) -> BTreeMap<String, String> {
+        rollout::parse_versions(versions).unwrap()
+    }
+
+    /// A group in a rollout to `web=2`: this instance (`i-1`, launched
+    /// last) runs it; `i-2`, `i-3` and `i-4` (oldest first) are ready on
+    /// `web=1`. `group_tags` are the group's.
+    fn rolling_group(group_tags: &[(&str, &str)]) -> FakeGroup {
+        let g = FakeGroup::default();
+        let member = |id: &str| Member {
+            instance_id: id.into(),
+            lifecycle_state: tags::IN_SERVICE.into(),
+            health_status: tags::HEALTHY.into(),
+        };
+        let info = |id: &str, launch: u64, state: &str, versions: &str| InstanceInfo {
+            instance_id: id.into(),
+            launch_time: launch,
+            tags: [
+                (tags::TAG_STATE, state),
+                (tags::TAG_VERSIONS, versions),
+                (tags::TAG_PINNED_CLUSTER, "web"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let mut f = g.state();
+        f.snapshot = Some(GroupSnapshot {
+            name: "asg".into(),
+            tags: group_tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            desired_capacity: 4,
+            members: ["i-1", "i-2", "i-3", "i-4"].map(member).to_vec(),
+        });
+        f.instances = vec![
+            info("i-1", 400, "degraded", "web=2"),
+            info("i-2", 100, "ready", "web=1"),
+            info("i-3", 200, "ready", "web=1"),
+            info("i-4", 300, "ready", "web=1"),
+        ];
+        drop(f);
+        g
+    }
+
+    /// The halt an Unhealthy member causes lasts only while the group lists
+    /// it: right after `SetInstanceHealth` it nudges the next member in line
+    /// (here also the rollback writer), who then looks at once.
+    #[tokio::test]
+    async fn marking_itself_unhealthy_nudges_the_next_members_in_line() {
+        let g = rolling_group(&[("berth:version", "2")]);
+        let since = SystemTime::now() - Duration::from_secs(61);
+        let (_tx, rx) = watch::channel(Report {
+            failed: vec![("web".into(), since)],
+            ..Default::default()
+        });
+        let after = crate::manifest::AgentSettings::default().unhealthy_after.0;
+        escalate_health(
+            g.clone(),
+            ids(),
+            after,
+            pin("web=2"),
+            "web".into(),
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
+        let calls = g.state().calls.clone();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert_eq!(calls[0], "SetInstanceHealth i-1", "marked first");
+        assert!(
+            calls[3].starts_with("CreateTags i-2 berth:nudge=") && calls[3].contains(".g.i-1."),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_member_nudges_the_first_k_in_line_and_the_rollback_writer() {
+        let targets = |g: &FakeGroup| {
+            let f = g.state();
+            unhealthy_nudge_targets(
+                f.snapshot.as_ref().unwrap(),
+                &f.instances,
+                "i-1",
+                &pin("web=2"),
+                "web",
+                1000,
+            )
+        };
+        // The default budget (1): the head of the line, who also writes
+        // a rollback.
+        assert_eq!(targets(&rolling_group(&[])), vec!["i-2"]);
+        let g = rolling_group(&[("berth:max-unavailable", "2")]);
+        assert_eq!(targets(&g), vec!["i-2", "i-3"]);
+        // A bad tag: a budget of 1.
+        let g = rolling_group(&[("berth:max-unavailable", "lots")]);
+        assert_eq!(targets(&g), vec!["i-2"]);
+        // The head of the line pinned to another cluster never writes a
+        // rollback: the writer is nudged as well.
+        let g = rolling_group(&[]);
+        g.state().instances[1]
+            .tags
+            .insert(tags::TAG_PINNED_CLUSTER.into(), "api".into());
+        assert_eq!(targets(&g), vec!["i-2", "i-3"]);
+        // Nobody on other versions (a crash at rest): nobody to nudge.
+        let g = rolling_group(&[]);
+        for i in &mut g.state().instances {
+            i.tags.insert(tags::TAG_VERSIONS.into(), "web=2".into());
+        }
+        assert!(targets(&g).is_empty());
+    }
+
+    /// Most boots (every agent restart, every group without a hook) are not
+    /// in Pending:Wait: they read the group once and the hooks never.
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_not_in_pending_wait_reads_no_hooks() {
+        let g = FakeGroup::default();
+        g.state().lifecycle = tags::IN_SERVICE.into();
+        let (_tx, rx) = watch::channel(Report::default());
+        let timeout = crate::manifest::AgentSettings::default().launch_timeout.0;
+        launch_hook(
+            g.clone(),
+            ids(),
+            timeout,
+            None,
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(g.calls("DescribeAutoScalingGroups").len(), 1);
+        assert!(g.calls("DescribeLifecycleHooks").is_empty());
+        let (_tx, rx) = watch::channel(Report::default());
+        launch_hook(
+            g.clone(),
+            ids(),
+            timeout,
+            Some(tags::IN_SERVICE.into()),
+            rx,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(
+            g.calls("DescribeAutoScalingGroups").len(),
+            1,
+            "the boot read told it"
+        );
+        assert!(g.calls("DescribeLifecycleHooks").is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -875,14 +1211,17 @@ mod tests {
         }
         let (tx, rx) = watch::channel(Report::default());
         let timeout = crate::manifest::AgentSettings::default().launch_timeout.0;
+        // The boot read found it in Pending:Wait: no second read.
         let task = tokio::spawn(launch_hook(
             g.clone(),
             ids(),
             timeout,
+            Some(tags::PENDING_WAIT.into()),
             rx,
             CancellationToken::new(),
         ));
         tokio::time::sleep(Duration::from_secs(250)).await;
+        assert!(g.calls("DescribeAutoScalingGroups").is_empty());
         assert!(
             !g.calls("RecordLifecycleActionHeartbeat").is_empty(),
             "heartbeats while starting"

@@ -26,7 +26,7 @@ use crate::desired::{self, Desired, DriftEntry};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::rollout::{
-    self, AlarmCheck, Decision, ImageCheck, MemberView, Observation, Snapshot, Wait,
+    self, AlarmCheck, Decision, ImageCheck, Observation, Prompt, RingKind, Snapshot, Wait,
 };
 use crate::runtime::ContainerRuntime;
 use crate::status::AgentState;
@@ -109,12 +109,26 @@ struct Memory {
     last_drift: Vec<DriftEntry>,
     head: Option<(String, Instant)>,
     failures: u32,
-    /// This instance just became ready (as tagged): ring the next members
-    /// in line after the next look.
-    ring_when_ready: bool,
-    /// Whom to ring after this look.
-    ring: Vec<String>,
+    /// Why the next look happens: its schedule, a nudge, or this instance
+    /// just became ready (as tagged), when it rings the member it admits.
+    prompt: Prompt,
+    /// Read the members' tags on the next look even at rest (after writing
+    /// a rollback, to ring the members it makes drifted).
+    read_members: bool,
+    /// From the last look, for [`rollout::on_ring`]: drifted, rank, k,
+    /// the drift grace.
+    drifted: bool,
+    rank: u32,
+    k: u32,
+    grace: Duration,
+    /// Whom to ring after this look, and the change's mark to ring with.
+    ring: Vec<(String, RingKind)>,
+    mark: String,
 }
+
+/// The longest a member that is not ready waits for its first look at the
+/// group (it looks as soon as it is ready).
+const FIRST_LOOK_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// How long a retiring agent waits for its `retiring` tag before it rings
 /// the next members anyway.
@@ -140,8 +154,14 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             last_drift: Vec::new(),
             head: None,
             failures: 0,
-            ring_when_ready: false,
+            prompt: Prompt::Schedule,
+            read_members: false,
+            drifted: false,
+            rank: 0,
+            k: 1,
+            grace: rollout::DEFAULT_DRIFT_GRACE,
             ring: Vec::new(),
+            mark: String::new(),
         };
         let mut tagged = self.tagged.clone();
         let mut doorbell = self.doorbell.clone();
@@ -150,14 +170,35 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             .aborted
             .as_ref()
             .map(|a| (Instant::now() + abort_backoff(a), a.clone()));
+        // A member that is not ready holds no place in line and cannot act:
+        // its first look waits until it is (and then rings the member its
+        // readiness admits), or a nudge, or FIRST_LOOK_WAIT.
+        if *tagged.borrow_and_update() != Some(InstanceState::Ready) {
+            let ready = tagged.wait_for(|s| *s == Some(InstanceState::Ready));
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = ready => {
+                    if r.is_ok() {
+                        m.prompt = Prompt::BecameReady;
+                    }
+                }
+                _ = doorbell.wait_for(|d| d.rings > 0) => {}
+                _ = tokio::time::sleep(FIRST_LOOK_WAIT) => {}
+            }
+            doorbell.borrow_and_update();
+        }
         loop {
             let wait = match self.look(&mut m).await {
                 Err(err) => self.unreadable(&mut m, err),
                 Ok(look) if look.rollback.is_some() => {
-                    if let Some(r) = &look.rollback {
-                        self.write_rollback(r).await;
+                    if let Some(r) = &look.rollback
+                        && self.write_rollback(r).await
+                    {
+                        // Look again soon, reading the members: the group
+                        // now prefers this pin, and the members on the
+                        // versions rolled back from are to be rung.
+                        m.read_members = true;
                     }
-                    // Look again soon: the group now prefers this pin.
                     Duration::from_secs(5)
                 }
                 Ok(look) => match self.decide(&mut m, look, hold_until.as_ref()) {
@@ -173,12 +214,12 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                             _ = self.cancel.cancelled() => return,
                             _ = seen => {}
                         }
-                        self.ring(std::mem::take(&mut m.ring)).await;
+                        self.ring(&m.mark, std::mem::take(&mut m.ring)).await;
                         return;
                     }
                 },
             };
-            self.ring(std::mem::take(&mut m.ring)).await;
+            self.ring(&m.mark, std::mem::take(&mut m.ring)).await;
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
@@ -188,13 +229,36 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                     r = doorbell.changed(), if doorbell_open => match r {
                         // The watcher stopped (tags disabled): sleep on.
                         Err(_) => doorbell_open = false,
-                        Ok(()) if doorbell.borrow_and_update().rings > 0 => break,
+                        Ok(()) if doorbell.borrow_and_update().rings > 0 => {
+                            let value = doorbell.borrow().value.clone();
+                            let (delay, hint) = rollout::on_ring(&rollout::Ring {
+                                value: value.as_deref(),
+                                drifted: m.drifted,
+                                mine: &m.mark,
+                                rank: m.rank,
+                                k: m.k,
+                                round: m.my_boot.unwrap_or(ASSUMED_BOOT) + drain_estimate(&self.plan),
+                                grace: m.grace,
+                                u: random_unit(),
+                            });
+                            if let Some(mark) = hint {
+                                m.gate.hint = Some((mark, m.clock.now_ms()));
+                            }
+                            let at = Instant::now() + delay;
+                            if at < sleep.deadline() {
+                                tracing::info!(delay = ?delay, "nudged: looking at the group in {}", humantime::format_duration(Duration::from_secs(delay.as_secs())));
+                                sleep.as_mut().reset(at);
+                            }
+                            if m.prompt == Prompt::Schedule {
+                                m.prompt = Prompt::Nudged;
+                            }
+                        }
                         Ok(()) => {}
                     },
                     r = tagged.changed(), if tagged_open => match r {
                         Err(_) => tagged_open = false,
                         Ok(()) if *tagged.borrow_and_update() == Some(InstanceState::Ready) => {
-                            m.ring_when_ready = true;
+                            m.prompt = Prompt::BecameReady;
                             break;
                         }
                         Ok(()) => {}
@@ -204,30 +268,39 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         }
     }
 
-    /// Rings the doorbell of `ids`: one `CreateTags` per 1,000 members. A
+    /// Rings the doorbell of `ring`: one `CreateTags` per kind and 1,000
+    /// members, with the change's `mark` ([`rollout::nudge_value`]). A
     /// nudge is a hint, so a failure is logged and otherwise ignored.
-    async fn ring(&self, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
-        }
-        let value = format!(
-            "{}@{}",
-            self.ids.instance_id,
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis()
-        );
-        match self
-            .group
-            .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(members = ids.len(), first = %ids[0], "nudged the next members in line")
+    async fn ring(&self, mark: &str, ring: Vec<(String, RingKind)>) {
+        for kind in [RingKind::Now, RingKind::Turn, RingKind::Told] {
+            let ids: Vec<String> = ring
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ids.is_empty() {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule")
+            let value = rollout::nudge_value(
+                mark,
+                kind,
+                &self.ids.instance_id,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+            );
+            match self
+                .group
+                .tag_instances(&ids, &[(tags::TAG_NUDGE, value.as_str())])
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(members = ids.len(), first = %ids[0], kind = ?kind, "nudged the next members in line")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot nudge the next members in line; they find out on their own schedule")
+                }
             }
         }
     }
@@ -249,7 +322,11 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
         // At rest only this instance's own rank matters, and members not seen
         // before are the youngest: one DescribeInstances at boot is enough.
         let unknown = !m.launch_times.contains_key(&self.ids.instance_id);
-        let infos = if !drift.is_empty() || unknown || m.ring_when_ready {
+        let infos = if !drift.is_empty()
+            || unknown
+            || m.prompt == Prompt::BecameReady
+            || std::mem::take(&mut m.read_members)
+        {
             self.group.instances(&self.ids.group).await?
         } else {
             Vec::new()
@@ -264,25 +341,12 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             .members
             .iter()
             .map(|mem| {
-                let t = tags_of.get(&mem.instance_id);
-                let tag = |k: &str| t.and_then(|t| t.get(k).cloned());
-                let ready_since =
-                    tag(tags::TAG_READY_SINCE).and_then(|v| rollout::parse_ready_since(&v));
-                MemberView {
-                    id: mem.instance_id.clone(),
-                    launch_time: m
-                        .launch_times
-                        .get(&mem.instance_id)
-                        .copied()
-                        .unwrap_or(now_s),
-                    in_service: mem.lifecycle_state == tags::IN_SERVICE,
-                    healthy: mem.health_status == tags::HEALTHY,
-                    berth_state: tag(tags::TAG_STATE),
-                    versions: tag(tags::TAG_VERSIONS).and_then(|v| rollout::parse_versions(&v)),
-                    cluster: tag(tags::TAG_PINNED_CLUSTER),
-                    ready_since,
-                    abandoned: rollout::launch_abandoned(&mem.lifecycle_state, ready_since),
-                }
+                let launch = m
+                    .launch_times
+                    .get(&mem.instance_id)
+                    .copied()
+                    .unwrap_or(now_s);
+                super::ec2::member_view(mem, tags_of.get(&mem.instance_id), launch)
             })
             .collect();
         let image = if drift.is_empty() {
@@ -403,7 +467,8 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
     /// Writes an automatic rollback: the group's version tags back to this
     /// instance's pin, and `berth:rolled-back-from`, in one call. Every
     /// old member computes the same value, so a second writer is harmless.
-    async fn write_rollback(&self, r: &rollout::Rollback) {
+    /// Says whether it was written.
+    async fn write_rollback(&self, r: &rollout::Rollback) -> bool {
         let tags: Vec<(String, String)> = r.tags.clone().into_iter().collect();
         let set = tags
             .iter()
@@ -426,9 +491,11 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                     r.rolled_back_from
                 );
                 self.handle.set_notes(Some(note), Vec::new());
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot roll the group back: the instance profile needs autoscaling:CreateOrUpdateTags on its group (see the IAM policy in the docs); the rollout stays halted");
+                false
             }
         }
     }
@@ -481,7 +548,8 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             }
             m.last_drift = look.drift.clone();
         }
-        let (decision, next) = m.gate.observe(&Observation {
+        let prompt = std::mem::take(&mut m.prompt);
+        let answer = m.gate.observe(&Observation {
             now_ms: m.clock.now_ms(),
             snapshot: &look.snapshot,
             me: &self.ids.instance_id,
@@ -492,11 +560,20 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             alarms: &look.alarms,
             boot: m.my_boot.unwrap_or(ASSUMED_BOOT),
             drain: drain_estimate(&self.plan),
+            doorbell: self.doorbell.borrow().enabled == Some(true),
+            prompt,
         });
-        if std::mem::take(&mut m.ring_when_ready) {
-            m.ring = self.ring_targets(&look);
-        }
-        let mut next = next.mul_f64(0.9 + 0.2 * random_unit());
+        let decision = answer.decision;
+        m.drifted = !look.drift.is_empty();
+        m.rank = answer.rank;
+        m.k = look
+            .policy
+            .max_unavailable
+            .resolve(look.snapshot.desired_capacity);
+        m.grace = look.policy.drift_grace;
+        m.mark = rollout::change_mark(&look.desired.versions, Some(&look.desired.cluster));
+        m.ring = answer.ring;
+        let mut next = answer.next.mul_f64(0.9 + 0.2 * random_unit());
         let held = hold.filter(|(until, _)| Instant::now() < *until);
         if let (Decision::Retire, Some((until, a))) = (&decision, held) {
             let left = until.saturating_duration_since(Instant::now());
@@ -511,6 +588,8 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                     .set_notes(Some(note.clone()), look.drift.clone());
                 m.last_note = Some(note);
             }
+            // Not retiring: ring only the members unaware of the change.
+            m.ring.retain(|(_, kind)| *kind == RingKind::Told);
             return Some(next);
         }
         let note = match &decision {
@@ -559,24 +638,8 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
             tracing::error!(error = %e, "cannot record the retirement in the data dir; not retiring now");
             return Some(next);
         }
-        m.ring = self.ring_targets(&look);
         self.handle.drain(DrainReason::Retire);
         None
-    }
-
-    /// The next members in line, to ring when this one becomes ready or
-    /// starts retiring.
-    fn ring_targets(&self, look: &Look) -> Vec<String> {
-        let k = look
-            .policy
-            .max_unavailable
-            .resolve(look.snapshot.desired_capacity);
-        rollout::nudge_targets(
-            &look.snapshot,
-            &look.desired.versions,
-            &self.ids.instance_id,
-            k,
-        )
     }
 }
 
@@ -662,7 +725,11 @@ mod tests {
         });
         let cancel = CancellationToken::new();
         let (tagged_tx, tagged) = watch::channel(Some(InstanceState::Ready));
-        let (doorbell_tx, doorbell) = watch::channel(Doorbell::default());
+        // Instance-metadata tags enabled, as the docs recommend.
+        let (doorbell_tx, doorbell) = watch::channel(Doorbell {
+            enabled: Some(true),
+            ..Default::default()
+        });
         let driver = Driver {
             group: g.clone(),
             engine,
@@ -796,17 +863,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_nudge_makes_an_agent_at_rest_look_now() {
+    async fn a_nudge_makes_an_agent_at_rest_look_within_its_place() {
         let g = world(&[("berth:cluster", "web"), ("berth:version", "1")]);
         let r = start(&g, Fake::default(), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = g.calls("DescribeAutoScalingGroups").len();
         assert_eq!(before, 1, "the first look");
-        r.doorbell.send_modify(|d| {
-            d.enabled = Some(true);
-            d.rings += 1;
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.doorbell.send_modify(|d| d.rings += 1);
+        // The oldest at rest looks within a second (nudged_look_in); its
+        // schedule alone would wait the default rest-poll, 5 minutes.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(g.calls("DescribeAutoScalingGroups").len(), before + 1);
         assert!(g.calls("CreateTags").is_empty(), "nobody to ring at rest");
         r.cancel.cancel();
@@ -830,9 +896,10 @@ mod tests {
         r.tagged.send_replace(Some(InstanceState::Retiring));
         r.task.await.unwrap();
         let calls = g.calls("CreateTags");
-        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls.len(), 1, "one call: {calls:?}");
+        let mark = rollout::change_mark(&rollout::parse_versions("web=2").unwrap(), Some("web"));
         assert!(
-            calls[0].starts_with("CreateTags i-2 berth:nudge=i-1@"),
+            calls[0].starts_with(&format!("CreateTags i-2 berth:nudge={mark}.r.i-1.")),
             "{calls:?}"
         );
     }
@@ -847,17 +914,22 @@ mod tests {
             .insert(tags::TAG_VERSIONS.into(), "web=0".into());
         let r = start(&g, Fake::default(), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(g.calls("CreateTags").is_empty());
-        r.tagged.send_replace(Some(InstanceState::Starting));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        r.tagged.send_replace(Some(InstanceState::Ready));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its first look read the members: i-2 had not been told of the change.
+        let mark = rollout::change_mark(&rollout::parse_versions("web=1").unwrap(), Some("web"));
         let calls = g.calls("CreateTags");
         assert_eq!(calls.len(), 1, "{calls:?}");
-        assert!(
-            calls[0].starts_with("CreateTags i-2 berth:nudge=i-1@"),
-            "{calls:?}"
-        );
+        let told = format!("CreateTags i-2 berth:nudge={mark}.t.i-1.");
+        assert!(calls[0].starts_with(&told), "{calls:?}");
+        r.tagged.send_replace(Some(InstanceState::Starting));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(g.calls("CreateTags").len(), 1, "told once");
+        r.tagged.send_replace(Some(InstanceState::Ready));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Ready: it rings the member its readiness admits.
+        let calls = g.calls("CreateTags");
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let now = format!("CreateTags i-2 berth:nudge={mark}.g.i-1.");
+        assert!(calls[1].starts_with(&now), "{calls:?}");
         r.cancel.cancel();
         r.task.await.unwrap();
     }
@@ -898,6 +970,49 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(g.calls("CreateOrUpdateTags").len(), 1);
         assert!(r.inbox.drained().is_none());
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    /// After the rollback, the members on the versions rolled back from
+    /// drift: the writer rings those that are ready (in line) at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_rollback_writer_rings_the_members_it_makes_drifted() {
+        let g = halted_world();
+        {
+            let mut f = g.state();
+            f.snapshot.as_mut().unwrap().members.push(Member {
+                instance_id: "i-3".into(),
+                lifecycle_state: tags::IN_SERVICE.into(),
+                health_status: tags::HEALTHY.into(),
+            });
+            f.instances.push(InstanceInfo {
+                instance_id: "i-3".into(),
+                launch_time: 300,
+                tags: [
+                    (tags::TAG_STATE, "ready"),
+                    (tags::TAG_VERSIONS, "web=2"),
+                    (tags::TAG_PINNED_CLUSTER, "web"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            });
+        }
+        let r = start(&g, Fake::default(), None);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(g.calls("CreateOrUpdateTags").len(), 1);
+        let mark = rollout::change_mark(&rollout::parse_versions("web=1").unwrap(), Some("web"));
+        let rings: Vec<String> = g
+            .calls("CreateTags")
+            .into_iter()
+            .filter(|c| c.contains(&mark))
+            .collect();
+        assert_eq!(rings.len(), 1, "{rings:?}");
+        assert!(
+            rings[0].starts_with("CreateTags i-3 berth:nudge="),
+            "{rings:?}"
+        );
         r.cancel.cancel();
         r.task.await.unwrap();
     }

@@ -6,6 +6,11 @@
 //! replacements synchronously when an instance is terminated): it starts an
 //! agent for every instance the group launches and stops the agent (and
 //! removes the containers) of every instance it terminates, as EC2 would.
+//! It records when it saw each instance go ([`Fleet::terminated_at`]).
+//!
+//! It also does what Auto Scaling does and moto does not: it replaces a
+//! member whose health is `Unhealthy` (an agent's `SetInstanceHealth`, see
+//! [`FleetOptions::health_replacement`]).
 //!
 //! [`FleetOptions`] choose what the members' IMDS serves under
 //! `tags/instance` (by default each instance's current tags in moto, live)
@@ -18,12 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::fixture::Fx;
 use super::imds::{Imds, ImdsConfig};
 use super::lifecycle_proxy::{LifecycleProxy, Service};
-use super::moto::{Moto, env_refs};
+use super::moto::{GroupInstance, Moto, env_refs};
 use super::{Agent, unique};
 
 /// The instance tag an operator sets on members to make their agents look
@@ -44,6 +49,24 @@ pub enum MetadataTags {
     Disabled,
 }
 
+/// How long a member stays `Unhealthy` (and `InService`, its instance
+/// running) before the harness replaces it, by default.
+///
+/// Auto Scaling documents only that an instance marked unhealthy is "almost
+/// immediately scheduled for replacement", so that setting it healthy again
+/// helps only in a suspended group; in a group with a terminating lifecycle
+/// hook (berth's documented setup) the instance then keeps running in
+/// `Terminating:Wait` while its agent drains. For the rollout gate both
+/// look the same: a member on its versions that is Unhealthy, not ready,
+/// its tags readable. Once EC2 shuts the instance down its tags are out of
+/// the agents' view (they read `running` and `pending` instances only), so
+/// this is how long the other members have to see it. 5 s stands for the
+/// few seconds of both. It is no longer than the shortest wait between an
+/// agent's looks at the group while it waits its turn (5 s,
+/// `berth::rollout::POLL_FLOOR`): a member may or may not look in time on
+/// its own, which is why the failing agent nudges the ones that must.
+pub const HEALTH_REPLACEMENT_DELAY: Duration = Duration::from_secs(5);
+
 /// How a [`Fleet`] is set up; `FleetOptions::default()` is what
 /// [`Fleet::start`] uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +79,15 @@ pub struct FleetOptions {
     /// count `CreateTags`/`DescribeInstances` or inject faults into EC2
     /// (then [`super::Fault::Throttle`] and `Unavailable` hit EC2 too).
     pub proxied: Vec<Service>,
+    /// Replace a member once it has been `Unhealthy` this long, as Auto
+    /// Scaling does (default [`HEALTH_REPLACEMENT_DELAY`]): terminate it
+    /// and launch its replacement in one step (moto's
+    /// `TerminateInstanceInAutoScalingGroup` without decrementing), which
+    /// is Auto Scaling's default for a failed health check ("terminate and
+    /// launch", no instance maintenance policy). The replacement boots
+    /// whatever the group's tags say then. `None`: moto's own behaviour,
+    /// an Unhealthy member stays.
+    pub health_replacement: Option<Duration>,
 }
 
 impl Default for FleetOptions {
@@ -63,6 +95,7 @@ impl Default for FleetOptions {
         FleetOptions {
             metadata_tags: MetadataTags::Live,
             proxied: vec![Service::AutoScaling, Service::CloudWatch],
+            health_replacement: Some(HEALTH_REPLACEMENT_DELAY),
         }
     }
 }
@@ -79,6 +112,10 @@ struct Shared {
     /// Every instance id the group has had, in order of appearance.
     seen: Mutex<Vec<String>>,
     terminated: Mutex<BTreeSet<String>>,
+    /// When the harness saw each terminated instance leave the group.
+    terminated_at: Mutex<BTreeMap<String, SystemTime>>,
+    /// The members the harness replaced because they were `Unhealthy`.
+    health_replaced: Mutex<BTreeSet<String>>,
     /// The last agent log of every terminated member.
     logs: Mutex<BTreeMap<String, String>>,
 }
@@ -164,6 +201,8 @@ impl Fleet {
             members: Mutex::new(BTreeMap::new()),
             seen: Mutex::new(Vec::new()),
             terminated: Mutex::new(BTreeSet::new()),
+            terminated_at: Mutex::new(BTreeMap::new()),
+            health_replaced: Mutex::new(BTreeSet::new()),
             logs: Mutex::new(BTreeMap::new()),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -178,9 +217,14 @@ impl Fleet {
                 options.clone(),
             );
             std::thread::spawn(move || {
+                // When each member was first seen Unhealthy.
+                let mut unhealthy = BTreeMap::new();
                 while !stop.load(Ordering::SeqCst) {
-                    let now: BTreeSet<String> =
-                        moto.group_instance_ids(&group).into_iter().collect();
+                    let listed = moto.group_instances(&group);
+                    if let Some(after) = options.health_replacement {
+                        replace_unhealthy(&moto, &shared, &listed, &mut unhealthy, after);
+                    }
+                    let now: BTreeSet<String> = listed.into_iter().map(|i| i.id).collect();
                     let known: BTreeSet<String> =
                         shared.members.lock().unwrap().keys().cloned().collect();
                     for id in now.difference(&known) {
@@ -198,6 +242,11 @@ impl Fleet {
                             drop(m);
                         }
                         shared.terminated.lock().unwrap().insert(id.clone());
+                        shared
+                            .terminated_at
+                            .lock()
+                            .unwrap()
+                            .insert(id.clone(), SystemTime::now());
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -234,6 +283,18 @@ impl Fleet {
     /// Instance ids the group has terminated so far.
     pub fn terminated(&self) -> BTreeSet<String> {
         self.shared.terminated.lock().unwrap().clone()
+    }
+
+    /// When the harness saw each terminated instance leave the group (within
+    /// a fifth of a second and one `DescribeAutoScalingGroups` of it).
+    pub fn terminated_at(&self) -> BTreeMap<String, SystemTime> {
+        self.shared.terminated_at.lock().unwrap().clone()
+    }
+
+    /// The members the harness replaced because they were `Unhealthy`
+    /// ([`FleetOptions::health_replacement`]).
+    pub fn health_replaced(&self) -> BTreeSet<String> {
+        self.shared.health_replaced.lock().unwrap().clone()
     }
 
     /// The last agent log of a terminated member.
@@ -340,6 +401,37 @@ impl Fleet {
     /// rollback, `berth:rolled-back-from`.
     pub fn group_tags(&self) -> BTreeMap<String, String> {
         self.moto.group_tags(&self.group)
+    }
+}
+
+/// Auto Scaling's health replacement, which moto lacks: a member listed
+/// `Unhealthy` for `after` (first seen at `since[id]`) is terminated and its
+/// replacement launched in the same call. The next round of the harness's
+/// thread sees both, like any termination.
+fn replace_unhealthy(
+    moto: &Moto,
+    shared: &Shared,
+    listed: &[GroupInstance],
+    since: &mut BTreeMap<String, Instant>,
+    after: Duration,
+) {
+    let sick: Vec<&GroupInstance> = listed
+        .iter()
+        .filter(|i| i.health_status == "Unhealthy")
+        .collect();
+    since.retain(|id, _| sick.iter().any(|i| &i.id == id));
+    for i in sick {
+        let first = *since.entry(i.id.clone()).or_insert_with(Instant::now);
+        if first.elapsed() < after {
+            continue;
+        }
+        since.remove(&i.id);
+        match moto.terminate_in_group(&i.id, false) {
+            Ok(()) => {
+                shared.health_replaced.lock().unwrap().insert(i.id.clone());
+            }
+            Err(e) => eprintln!("fleet: cannot replace the Unhealthy member {}: {e}", i.id),
+        }
     }
 }
 

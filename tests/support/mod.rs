@@ -56,8 +56,8 @@ pub use http::{HttpResponse, http_get, http_get_json, http_request};
 pub use imds::{Imds, ImdsConfig};
 pub use lifecycle_proxy::{Fault, LifecycleProxy, RecordedCall, Service};
 pub use moto::{
-    CLOUDWATCH_TARGET_PREFIX, MOTO_ACCOUNT, MOTO_AMI, MOTO_AZ, MOTO_ECR_PASSWORD, MOTO_ECR_USER,
-    MOTO_REGION, Moto, alarm_states_of, block_on, env_refs, sdk_config_for,
+    CLOUDWATCH_TARGET_PREFIX, GroupInstance, MOTO_ACCOUNT, MOTO_AMI, MOTO_AZ, MOTO_ECR_PASSWORD,
+    MOTO_ECR_USER, MOTO_REGION, Moto, alarm_states_of, block_on, env_refs, sdk_config_for,
 };
 pub use registry::{Registry, registry_manifest_digest, shared_registry};
 pub use util::{free_port, keep_artifacts, send_signal, unique, wait_until};

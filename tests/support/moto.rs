@@ -20,7 +20,8 @@
 //! * Instances get the tags `aws:autoscaling:groupName`,
 //!   `aws:ec2launchtemplate:id` and `aws:ec2launchtemplate:version`.
 //! * `SetInstanceHealth` only flips `HealthStatus` (`Unhealthy` stays a
-//!   member, is not replaced).
+//!   member, is not replaced; [`super::fleet`] replaces it as Auto Scaling
+//!   would).
 //! * `PutLifecycleHook` without a notification target stores fake
 //!   `NotificationTargetARN`/`RoleARN` values; the default heartbeat timeout
 //!   is 3600 s and `DefaultResult` is `ABANDON`.
@@ -88,6 +89,16 @@ const RAW_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// CloudWatch's `X-Amz-Target` prefix in the AWS JSON 1.0 protocol, and the
 /// service name in the Smithy RPC v2 CBOR paths.
 pub const CLOUDWATCH_TARGET_PREFIX: &str = "GraniteServiceVersion20100801";
+
+/// One member of a group as `DescribeAutoScalingGroups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInstance {
+    pub id: String,
+    /// `InService`, `Pending`, `Terminating`, …
+    pub lifecycle_state: String,
+    /// `Healthy` or `Unhealthy`.
+    pub health_status: String,
+}
 
 /// A running moto server with its log in a temp dir. Dropping it kills the
 /// process (SIGKILL) and deletes the dir.
@@ -253,6 +264,85 @@ impl Moto {
         block_on(
             async move { group_instance_ids(&aws_sdk_autoscaling::Client::new(&cfg), name).await },
         )
+    }
+
+    /// The members of group `name` with their lifecycle state and health
+    /// (one `DescribeAutoScalingGroups`), in moto's order. Panics if the
+    /// group does not exist.
+    pub fn group_instances(&self, name: &str) -> Vec<GroupInstance> {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            describe_group(&aws_sdk_autoscaling::Client::new(&cfg), name)
+                .await
+                .instances()
+                .iter()
+                .filter_map(|i| {
+                    Some(GroupInstance {
+                        id: i.instance_id()?.to_string(),
+                        lifecycle_state: i.lifecycle_state()?.as_str().to_string(),
+                        health_status: i.health_status()?.to_string(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Terminates `instance_id` in its group
+    /// (`TerminateInstanceInAutoScalingGroup`). With
+    /// `decrement_desired = false`, moto removes it and launches its
+    /// replacement in the same call (so the group never shows it
+    /// `Terminating`). An error (e.g. the instance is no member any more)
+    /// is returned, not raised, for the fleet harness's thread.
+    pub fn terminate_in_group(
+        &self,
+        instance_id: &str,
+        decrement_desired: bool,
+    ) -> Result<(), String> {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            aws_sdk_autoscaling::Client::new(&cfg)
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(instance_id)
+                .should_decrement_desired_capacity(decrement_desired)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "terminate_in_group({instance_id}): TerminateInstanceInAutoScalingGroup: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })
+        })
+    }
+
+    /// The EC2 launch time of each of `ids` (one `DescribeInstances`), in
+    /// seconds since the epoch, as the agents order their line by it.
+    /// Panics on failure or if an instance is unknown.
+    pub fn launch_times<S: AsRef<str>>(&self, ids: &[S]) -> BTreeMap<String, i64> {
+        let cfg = self.sdk_config();
+        let ids: Vec<String> = ids.iter().map(|i| i.as_ref().to_string()).collect();
+        block_on(async move {
+            let out = aws_sdk_ec2::Client::new(&cfg)
+                .describe_instances()
+                .set_instance_ids(Some(ids.clone()))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "launch_times({ids:?}): DescribeInstances: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+            let times: BTreeMap<String, i64> = out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| Some((i.instance_id()?.to_string(), i.launch_time()?.secs())))
+                .collect();
+            assert_eq!(times.len(), ids.len(), "launch_times({ids:?}): {times:?}");
+            times
+        })
     }
 
     /// Puts SSM parameter `name` with `value` (`PutParameter`, overwriting),
