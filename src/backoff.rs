@@ -38,6 +38,15 @@ pub const AWS_CALL: RetryPolicy = RetryPolicy {
     max: Duration::from_secs(60),
 };
 
+/// A component whose secrets could not be resolved (missing, access
+/// denied, or the store still failing after its own retries): 5 s, 10 s,
+/// 20 s … capped at 5 min before the next create tries again.
+pub const SECRETS_RETRY: RetryPolicy = RetryPolicy {
+    name: "secrets-retry",
+    initial: Duration::from_secs(5),
+    max: Duration::from_secs(5 * 60),
+};
+
 /// Reading the desired state before anything is pinned: 1 s … capped at 30 s.
 pub const DESIRED_STATE: RetryPolicy = RetryPolicy {
     name: "desired-state",

@@ -421,7 +421,13 @@ fn plan(config: &Path, local: Option<PathBuf>, data_dir: Option<PathBuf>, json: 
                 preferred,
                 c.create_ref(),
                 c.spec.depends_on.join(","),
-                c.spec.env.keys().cloned().collect::<Vec<_>>().join(",")
+                c.spec
+                    .env
+                    .keys()
+                    .chain(c.spec.secrets.keys())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
         }
     }

@@ -19,6 +19,10 @@
 //! - The pin in the data directory (`/var/lib/berth/pin.json`), once written,
 //!   and on EC2 a retirement in progress (`retiring.json`) (`store`).
 //! - The Docker engine's state and event stream ([`runtime`]).
+//! - The secrets the containers' `secrets` tables reference, when a
+//!   container is created: SSM parameters (`GetParameters`) and Secrets
+//!   Manager secrets (`BatchGetSecretValue`), or in local mode the local
+//!   file's `[secrets]` table (`secrets`).
 //!
 //! # What it changes
 //!
@@ -61,15 +65,16 @@
 //! | `compose` | a Compose file's services as a cluster's containers, and `berth import compose` (pure; env files through a reader it is given) |
 //! | `tags` | every `berth:*` tag and lifecycle string (one home per fact) |
 //! | `desired` | identity, group tags → cluster and preferred versions; the one `drift()` (pure) |
-//! | `local` | the local-mode file (identity + tags) |
+//! | `local` | the local-mode file (identity, tags, secrets) |
 //! | `plan` | plan building: manifest + versions → concrete container specs (pure) |
 //! | `store` | the data dir: the pin and the retirement record, private and atomic |
 //! | [`backoff`] | retry and restart schedules, and the one retry loop |
 //! | [`rollout`] | the rollout gate, the polling schedule and the doorbell rules (pure) |
 //! | `runtime` | the `ContainerRuntime` seam and its Docker adapter (the only user of bollard); registry credentials and docker's credential helpers |
+//! | `secrets` | secret references (`ssm:`, `secretsmanager:`): parsing; resolution at create through the `SecretStore` seam, batched, cached, retried (no SDK) |
 //! | `supervisor` | keeps the pinned containers running: a pure reducer (`state`), its executor, the report, the drain |
 //! | `status` | the status model, the loopback HTTP API, `berth status` |
-//! | `aws` | the AWS adapters (the only users of the AWS SDK) and the `GroupApi` seam |
+//! | `aws` | the AWS adapters (the only users of the AWS SDK): the `GroupApi` seam, the secret stores |
 //! | `daemon` | `berth run`: wiring and shutdown, boot, the local watch, the EC2 tasks, the rollout driver |
 //! | `error` | the errors `berth` ends with and their exit codes |
 //! | [`cli`] | the command line (`main` only parses and calls it) |
@@ -90,6 +95,7 @@ mod manifest;
 mod plan;
 pub mod rollout;
 mod runtime;
+mod secrets;
 mod status;
 mod store;
 mod supervisor;

@@ -12,14 +12,29 @@
 //!
 //! The agent re-reads the file while running; a changed preferred version is
 //! drift, exactly as a changed group tag is on EC2.
+//!
+//! Its `[secrets]` table stands in for the secret stores ([`LocalSecrets`]):
+//! each key is a stored item's reference, without a `#key`, and its value
+//! is the item's text (JSON, for references that read a key of it):
+//!
+//! ```toml
+//! [secrets]
+//! "ssm:/prod/db/password" = "hunter2"
+//! "secretsmanager:prod/api" = '{"token": "t0k3n"}'
+//! ```
+//!
+//! It is read anew at each resolution (through the resolver's cache), so a
+//! secret added to the file is picked up by the next create.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::backoff::Retryable;
 use crate::desired::{Identity, check_version};
 use crate::manifest::parse_toml;
+use crate::secrets::{Fetched, Kind, Secret, SecretRef, SecretStore};
 
 /// The parsed local file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -29,6 +44,9 @@ pub struct LocalFile {
     pub group: String,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Stand-ins for the secret stores: reference (no `#key`) → value.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// Why the local file could not be used.
@@ -74,6 +92,19 @@ impl LocalFile {
                 return Err(invalid(&format!("tags.\"{k}\""), m));
             }
         }
+        for k in file.secrets.keys() {
+            let field = format!("secrets.\"{k}\"");
+            match SecretRef::parse(k) {
+                Err(m) => return Err(invalid(&field, m)),
+                Ok(r) if r.key.is_some() => {
+                    return Err(invalid(
+                        &field,
+                        "name the stored secret without a #key: its value is the secret's JSON, and #key references read one key of it".into(),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
         Ok(file)
     }
 
@@ -83,6 +114,52 @@ impl LocalFile {
             instance_id: self.instance_id.clone(),
             group: self.group.clone(),
         }
+    }
+}
+
+impl Retryable for LocalError {
+    /// An unreadable file may pass (it is being replaced); an invalid one
+    /// needs a person.
+    fn is_retryable(&self) -> bool {
+        matches!(self, LocalError::Read { .. })
+    }
+}
+
+/// Local mode's secret store: the local file's `[secrets]` table, read anew
+/// at every call.
+pub struct LocalSecrets {
+    path: PathBuf,
+}
+
+impl LocalSecrets {
+    pub fn new(path: PathBuf) -> LocalSecrets {
+        LocalSecrets { path }
+    }
+}
+
+impl SecretStore for LocalSecrets {
+    type Error = LocalError;
+
+    async fn fetch(&self, kind: Kind, ids: &[String]) -> Result<Fetched, LocalError> {
+        let file = LocalFile::load(&self.path)?;
+        let mut got = Fetched::default();
+        for id in ids {
+            match file.secrets.get(&format!("{}{id}", kind.prefix())) {
+                Some(v) => {
+                    got.values.insert(id.clone(), v.clone());
+                }
+                None => {
+                    got.problems.insert(
+                        id.clone(),
+                        format!(
+                            "not in the [secrets] table of the local file {}",
+                            self.path.display()
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(got)
     }
 }
 
@@ -104,6 +181,51 @@ mod tests {
                 .unwrap();
         assert_eq!(f.identity().group, "web");
         assert_eq!(f.tags["berth:version"], "1.2");
+    }
+
+    #[test]
+    fn the_secrets_table_stands_in_for_the_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("local.toml");
+        std::fs::write(
+            &p,
+            "instance_id = \"i-1\"\ngroup = \"web\"\n[secrets]\n\"ssm:/db\" = \"pw-1\"\n\"secretsmanager:api\" = '{\"k\": \"v-2\"}'\n",
+        )
+        .unwrap();
+        let f = LocalFile::load(&p).unwrap();
+        assert!(!format!("{f:?}").contains("pw-1"), "Debug hides values");
+        let store = LocalSecrets::new(p.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt
+            .block_on(store.fetch(Kind::Ssm, &["/db".into(), "/nope".into()]))
+            .unwrap();
+        assert_eq!(got.values["/db"].expose(), "pw-1");
+        assert!(got.problems["/nope"].contains("[secrets]"), "{got:?}");
+        let env = rt
+            .block_on(crate::secrets::Resolver::new(store).resolve(
+                &[("K".to_string(), "secretsmanager:api#k".to_string())].into(),
+                &tokio_util::sync::CancellationToken::new(),
+            ))
+            .unwrap();
+        assert_eq!(env.expose().collect::<Vec<_>>(), [("K", "v-2")]);
+    }
+
+    #[test]
+    fn secrets_keys_are_references_without_a_json_key_and_values_are_not_quoted() {
+        let head = "instance_id = \"i-1\"\ngroup = \"web\"\n[secrets]\n";
+        for (line, want) in [
+            ("\"vault:db\" = \"hunter2\"", "not a secret reference"),
+            ("\"secretsmanager:api#k\" = \"hunter2\"", "without a #key"),
+            ("\"ssm:/db\" = [\"hunter2\"]", "invalid type"),
+            ("\"ssm:/db\" = 4242", "invalid type"),
+        ] {
+            let e = load(&format!("{head}{line}\n")).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("secrets"), "{line}: {e}");
+            assert!(!e.contains("hunter2") && !e.contains("4242"), "{e}");
+        }
     }
 
     #[test]

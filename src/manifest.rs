@@ -352,6 +352,12 @@ pub struct ContainerSpec {
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment names → secret references (`ssm:/prod/db/password`,
+    /// `secretsmanager:<name or ARN>[#<json key>]`), resolved when the
+    /// container is created ([`crate::secrets`]). The pin keeps the
+    /// references, never the values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// `"8080:80"`, `"127.0.0.1:9000:9000/udp"`, `"80"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
@@ -811,6 +817,24 @@ fn validate_container(c: &ContainerSpec, p: &str, errs: &mut Errors) {
                 format!("{p}.env.{k}"),
                 "environment names must be non-empty and contain no '='",
             );
+        }
+    }
+    for (k, reference) in &c.secrets {
+        let path = format!("{p}.secrets.{k}");
+        if k.is_empty() || k.contains('=') {
+            errs.push(
+                &path,
+                "environment names must be non-empty and contain no '='",
+            );
+        }
+        if c.env.contains_key(k) {
+            errs.push(
+                &path,
+                format!("{k} is also in env: set each name once, in env or in secrets"),
+            );
+        }
+        if let Err(m) = crate::secrets::SecretRef::parse(reference) {
+            errs.push(&path, m);
         }
     }
     for (i, port) in c.ports.iter().enumerate() {
@@ -1280,6 +1304,47 @@ restart = { initial_delay = "1m", max_delay = "1s", failure_budget = 0 }
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn secret_references_are_checked_all_at_once_and_never_quoted() {
+        let bad = GOOD.replace(
+            "cpus = 0.5",
+            r#"cpus = 0.5
+env = { DB_PASSWORD = "x" }
+secrets = { DB_PASSWORD = "ssm:/prod/db", TOKEN = "hunter2", "A=B" = "ssm:/a", API = "secretsmanager:prod/api#", OK = "secretsmanager:prod/api#token", P = "ssm:prod/x" }"#,
+        );
+        let Err(ManifestError::Invalid { errors, .. }) = parse(&bad) else {
+            panic!("expected validation errors")
+        };
+        let p = "clusters.web.containers[1].secrets";
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        for (path, want) in [
+            (format!("{p}.DB_PASSWORD"), "also in env"),
+            (format!("{p}.TOKEN"), "not a secret reference"),
+            (format!("{p}.A=B"), "contain no '='"),
+            (format!("{p}.API"), "key after '#' is empty"),
+            (format!("{p}.P"), "starts with '/'"),
+        ] {
+            assert!(
+                got.iter().any(|(gp, m)| *gp == path && m.contains(want)),
+                "{path}: {want} in {got:?}"
+            );
+        }
+        assert_eq!(errors.len(), 5, "{got:?}");
+        assert!(!errors.iter().any(|e| e.to_string().contains("hunter2")));
+        let ok = GOOD.replace(
+            "cpus = 0.5",
+            "cpus = 0.5\nsecrets = { TOKEN = \"secretsmanager:prod/api#token\", DB = \"ssm:/prod/db\" }",
+        );
+        let m = parse(&ok).expect("valid references");
+        assert_eq!(
+            m.clusters["web"].containers[1].secrets["DB"],
+            "ssm:/prod/db"
+        );
     }
 
     #[test]

@@ -281,6 +281,87 @@ fn moto_servers_are_private_and_die_on_drop() {
     );
 }
 
+/// The secret stores as berth reads them: the quirks `support::moto`
+/// documents for `GetParameters` and `BatchGetSecretValue`, and what
+/// `put_parameter` and `put_secret` leave there.
+#[test]
+fn moto_parameters_and_secrets_for_the_secret_stores() {
+    let moto = Moto::start();
+    moto.put_parameter("/berth/t/secure", "v-secure", true);
+    moto.put_parameter("/berth/t/plain", "v-plain", false);
+    let arn = moto.put_secret("berth/t/json", r#"{"k":"v-json"}"#);
+    assert!(
+        arn.starts_with("arn:aws:secretsmanager:us-east-1:123456789012:secret:berth/t/json-"),
+        "{arn}"
+    );
+    assert_eq!(
+        moto.put_secret("berth/t/json", "v-new"),
+        arn,
+        "a new value, same secret"
+    );
+    let cfg = moto.sdk_config();
+    block_on(async move {
+        let ssm = aws_sdk_ssm::Client::new(&cfg);
+        let out = ssm
+            .get_parameters()
+            .names("/berth/t/secure")
+            .names("/berth/t/plain")
+            .names("/berth/t/missing")
+            .with_decryption(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetParameters: {}", DisplayErrorContext(&e)));
+        let mut got: Vec<(&str, &str)> = out
+            .parameters()
+            .iter()
+            .map(|p| (p.name().unwrap(), p.value().unwrap()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("/berth/t/plain", "v-plain"),
+                ("/berth/t/secure", "v-secure")
+            ]
+        );
+        assert_eq!(out.invalid_parameters(), ["/berth/t/missing"]);
+        let eleven: Vec<String> = (0..11).map(|i| format!("/berth/t/p{i}")).collect();
+        let e = ssm
+            .get_parameters()
+            .set_names(Some(eleven))
+            .send()
+            .await
+            .expect_err("more than 10 names");
+        assert_eq!(
+            e.code(),
+            Some("ValidationException"),
+            "{}",
+            DisplayErrorContext(&e)
+        );
+        let sm = aws_sdk_secretsmanager::Client::new(&cfg);
+        let out = sm
+            .batch_get_secret_value()
+            .secret_id_list("berth/t/json")
+            .secret_id_list("berth/t/missing")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("BatchGetSecretValue: {}", DisplayErrorContext(&e)));
+        let values: Vec<(&str, &str)> = out
+            .secret_values()
+            .iter()
+            .map(|v| (v.name().unwrap(), v.secret_string().unwrap()))
+            .collect();
+        assert_eq!(values, [("berth/t/json", "v-new")]);
+        let errors: Vec<(&str, &str)> = out
+            .errors()
+            .iter()
+            .map(|e| (e.secret_id().unwrap(), e.error_code().unwrap()))
+            .collect();
+        assert_eq!(errors, [("berth/t/missing", "ResourceNotFoundException")]);
+        assert_eq!(out.next_token(), None);
+    });
+}
+
 fn imds_with_tags() -> Imds {
     Imds::start(ImdsConfig {
         instance_id: "i-0abc123def4567890".into(),

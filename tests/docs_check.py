@@ -16,8 +16,10 @@ and systemd/, and checks, against the code:
   blocks and inline code of the Markdown files; the non-comment lines of the
   other files) is a command the binary accepts (`berth <command> --help`
   succeeds), and each of its flags is one that command's `--help` lists.
-* IAM: every `autoscaling:Action`, `ec2:Action`, `ecr:Action` named is an
-  action of docs/iam-policy.json.
+* IAM: every `autoscaling:Action`, `ec2:Action`, `ecr:Action`,
+  `cloudwatch:Action`, `ssm:Action`, `secretsmanager:Action`, `kms:Action`
+  named is an action (or a condition key, such as `kms:ViaService`) of
+  docs/iam-policy.json.
 * paths: every absolute berth path (`/etc/berth...`, `/var/lib/berth...`,
   `/usr/bin/berth...`) is one the code (a string literal of src/, the data
   directory's file names), the unit (systemd/) or the package metadata
@@ -52,7 +54,9 @@ POLICY = "docs/iam-policy.json"
 
 TAG_CONST = re.compile(r'pub const (\w+): &str = "(berth:[^"]*)";')
 BERTH_TAG = re.compile(r"(?<![\w.-])berth:([a-z][a-z0-9-]*)(?::([^\s`'\"),\]|=;]+))?")
-IAM_ACTION = re.compile(r"(?<![\w:/.-])(autoscaling|ec2|ecr):([A-Z][A-Za-z]+)(?![\w/])")
+IAM_ACTION = re.compile(
+    r"(?<![\w:/.-])(autoscaling|ec2|ecr|cloudwatch|ssm|secretsmanager|kms):([A-Z][A-Za-z]+)(?![\w/])"
+)
 BERTH_PATH = re.compile(r"(?<![\w.}$-])(?:/etc/berth|/var/lib/berth|/usr/bin/berth)[\w./@-]*")
 # The checkout's parent directory, e.g. the folder all working copies of
 # this machine live in: a doc must never name it.
@@ -174,6 +178,8 @@ class Known:
         for st in policy.get("Statement", []):
             a = st.get("Action", [])
             self.actions.update([a] if isinstance(a, str) else a)
+            for cond in st.get("Condition", {}).values():
+                self.actions.update(k for k in cond if not k.startswith("aws:"))
 
         paths = set()
         file_names = set()
@@ -455,6 +461,8 @@ BREAKS = [
     ("a renamed tag constant", replace("src/tags.rs", '"berth:paused"', '"berth:pause"'), "berth:paused"),
     ("an IAM action not in the policy", append(DOC, "It needs autoscaling:UpdateAutoScalingGroup."), "autoscaling:UpdateAutoScalingGroup"),
     ("an action gone from the policy", drop_action("ec2:CreateTags"), "ec2:CreateTags"),
+    ("a secrets action not in the policy", append(DOC, "It needs ssm:GetParameter."), "ssm:GetParameter"),
+    ("a secrets action gone from the policy", drop_action("secretsmanager:BatchGetSecretValue"), "secretsmanager:BatchGetSecretValue"),
     ("a path the code does not use", append(DOC, "Edit /etc/berth/agent.toml."), "/etc/berth/agent.toml"),
     ("a data dir file the code does not write", append(DOC, "See /var/lib/berth/state.json."), "/var/lib/berth/state.json"),
     ("a data dir file renamed in the code", replace("src/store.rs", 'PIN_FILE: &str = "pin.json"', 'PIN_FILE: &str = "pinned.json"'), "/var/lib/berth/pin.json"),

@@ -5,6 +5,12 @@
 //!
 //! Every test puts [`SECRET`] in a container's environment (or where a value
 //! goes in the manifest) and looks for it in what berth prints.
+//!
+//! Secrets by reference (`secrets = { NAME = "ssm:…" }`) go further: their
+//! values, read from moto's SSM and Secrets Manager (or the local file's
+//! `[secrets]`) when the container is created, reach the container's
+//! environment and nothing else, not even the pin. Those tests mark every
+//! value with [`MARK`].
 
 mod support;
 
@@ -13,7 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fixture::{Fx, comp};
+use support::fixture::{Fx, LONG, comp};
+use support::imds::{Imds, ImdsConfig};
+use support::moto::{Moto, env_refs};
 use support::*;
 
 const SECRET: &str = "hunter2-secret";
@@ -254,4 +262,396 @@ fn the_pin_and_the_data_dir_are_private() {
     assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
     assert_eq!(mode(&fx.data_dir()), "700", "a pre-made data dir");
     assert_eq!(mode(&fx.data_dir().join("pin.json")), "600");
+}
+
+// ---- Secrets by reference ---------------------------------------------------------
+
+/// Every value below has this in it: a log, a file or an output that
+/// contains it shows a value.
+const MARK: &str = "hunter2";
+
+/// An EC2 instance of its own (a moto group of one, the IMDS emulator)
+/// whose containers read secrets from moto's SSM and Secrets Manager.
+struct Ec2Secrets {
+    moto: Moto,
+    _imds: Imds,
+    fx: Fx,
+    /// Parameter and secret names live under this prefix.
+    prefix: String,
+    _docker_config: tempfile::TempDir,
+}
+
+impl Ec2Secrets {
+    fn new(containers: &dyn Fn(&str) -> String) -> Ec2Secrets {
+        base_image();
+        let moto = Moto::start();
+        let group = unique("asg");
+        let instance = moto
+            .create_group(
+                &group,
+                1,
+                &[("berth:cluster", "web"), ("berth:version", "base")],
+            )
+            .remove(0);
+        let imds = Imds::start(ImdsConfig {
+            instance_id: instance,
+            tags: [("aws:autoscaling:groupName".to_string(), group)].into(),
+            tags_enabled: true,
+            ..Default::default()
+        });
+        let prefix = format!("berth/{}", unique("s"));
+        let fx = Fx::new(&containers(&prefix), "", "unused");
+        Ec2Secrets {
+            moto,
+            _imds: imds,
+            fx,
+            prefix,
+            _docker_config: tempfile::tempdir().expect("temp docker config"),
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.moto.env();
+        env.extend(self._imds.env());
+        env.push((
+            "DOCKER_CONFIG".into(),
+            self._docker_config.path().display().to_string(),
+        ));
+        env
+    }
+
+    fn agent(&self, extra: &[(&str, &str)]) -> Agent {
+        let env = self.env();
+        let mut env = env_refs(&env);
+        env.extend_from_slice(extra);
+        self.fx.agent_ec2(&env)
+    }
+
+    /// `berth ARGS` with this instance's environment; stdout and stderr.
+    fn berth(&self, args: &[&str]) -> (String, String) {
+        let env = self.env();
+        let out = berth(args, &env_refs(&env));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(exit_code(out.status), 0, "berth {args:?}: {stderr}");
+        (stdout, stderr)
+    }
+
+    fn plan_json(&self) -> Value {
+        let manifest = self.fx.manifest().display().to_string();
+        let (out, err) = self.berth(&["plan", "--config", &manifest, "--json"]);
+        assert!(
+            !out.contains(MARK) && !err.contains(MARK),
+            "plan --json:\n{out}{err}"
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn status_json(&self) -> String {
+        let (out, err) = self.berth(&["status", "--addr", &self.fx.status_addr, "--json"]);
+        assert!(!err.contains(MARK), "{err}");
+        out
+    }
+}
+
+/// `docker exec ID env`: the container's environment as its processes see it.
+fn container_env(id: &str) -> Vec<String> {
+    docker(&["exec", id, "env"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn forever(name: &str) -> String {
+    format!(
+        "[[clusters.web.containers]]\nname = \"{name}\"\nimage = \"berth-test/busybox:{{version}}\"\n{}\n",
+        running_forever()
+    )
+}
+
+/// The line of `text` that holds `needle`, for a failure message.
+fn line_with(text: &str, needle: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .map(str::to_string)
+}
+
+/// Secrets from moto's Parameter Store (a SecureString and eleven more
+/// parameters: more than one `GetParameters` takes, which moto refuses as
+/// AWS does) and Secrets Manager (a JSON key, and a whole secret by ARN)
+/// reach the container's environment, as `docker exec env` shows, and
+/// nothing else: not the pin (it keeps the references), the labels,
+/// `berth status --json`, `berth plan --json` or the trace-level log.
+#[test]
+fn secrets_from_ssm_and_secrets_manager_reach_the_container_and_nowhere_else() {
+    let w = Ec2Secrets::new(&|prefix| {
+        let mut secrets = vec![
+            format!("DB_PASSWORD = \"ssm:/{prefix}/db-password\""),
+            format!("API_TOKEN = \"secretsmanager:{prefix}/api#token\""),
+            "WHOLE = \"ARN\"".to_string(),
+        ];
+        secrets.extend((0..11).map(|i| format!("P{i:02} = \"ssm:/{prefix}/p{i:02}\"")));
+        format!(
+            "{}env = {{ GREETING = \"hello\" }}\nsecrets = {{ {} }}\n{}",
+            forever("app"),
+            secrets.join(", "),
+            forever("other")
+        )
+    });
+    let p = &w.prefix;
+    w.moto
+        .put_parameter(&format!("/{p}/db-password"), &format!("{MARK}-db"), true);
+    for i in 0..11 {
+        w.moto
+            .put_parameter(&format!("/{p}/p{i:02}"), &format!("{MARK}-p{i:02}"), false);
+    }
+    let api = format!(r#"{{"token": "{MARK}-token", "unused": "{MARK}-unused"}}"#);
+    w.moto.put_secret(&format!("{p}/api"), &api);
+    let arn = w
+        .moto
+        .put_secret(&format!("{p}/whole"), &format!("{MARK}-whole"));
+    // The whole secret is referenced by its ARN.
+    let text = std::fs::read_to_string(w.fx.manifest()).unwrap();
+    std::fs::write(
+        w.fx.manifest(),
+        text.replace("\"ARN\"", &format!("\"secretsmanager:{arn}\"")),
+    )
+    .unwrap();
+    let mut agent = w.agent(&[(
+        "RUST_LOG",
+        "trace,bollard=trace,hyper=trace,hyper_util=trace,aws_smithy_runtime=trace,aws_sdk_ssm=trace,aws_sdk_secretsmanager=trace",
+    )]);
+    let s = w.fx.wait_ready();
+    let id = comp(&s, "app")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let env = container_env(&id);
+    let mut want = vec![
+        format!("DB_PASSWORD={MARK}-db"),
+        format!("API_TOKEN={MARK}-token"),
+        format!("WHOLE={MARK}-whole"),
+        "GREETING=hello".to_string(),
+    ];
+    want.extend((0..11).map(|i| format!("P{i:02}={MARK}-p{i:02}")));
+    for v in &want {
+        assert!(
+            env.contains(v),
+            "{v} in the container's environment: {env:?}"
+        );
+    }
+    assert!(
+        !env.iter().any(|l| l.contains("unused")),
+        "only the key asked for: {env:?}"
+    );
+    let other = comp(&s, "other")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !container_env(&other).iter().any(|l| l.contains(MARK)),
+        "the other component has none"
+    );
+    // Labels (berth.spec hashes the references) and the rest of the config but the environment.
+    for id in [&id, &other] {
+        let labels = inspect_field(id, "{{json .Config.Labels}}");
+        assert!(!labels.contains(MARK), "labels: {labels}");
+        assert!(labels.contains("berth.spec"), "{labels}");
+    }
+    // A container created again (removed behind berth's back) gets them again.
+    docker(&["rm", "-f", &id]);
+    let s = w.fx.wait_status("app created again", |s| {
+        comp(s, "app")["state"] == "running"
+            && comp(s, "app")["container_id"]
+                .as_str()
+                .is_some_and(|c| c != id)
+    });
+    let again = comp(&s, "app")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(container_env(&again).contains(&format!("DB_PASSWORD={MARK}-db")));
+    // The status API, the pin and the plan: references, never values.
+    let status = w.fx.wait_ready().to_string() + &w.status_json();
+    assert!(!status.contains(MARK), "status: {status}");
+    let pin = std::fs::read_to_string(w.fx.data_dir().join("pin.json")).unwrap();
+    assert!(!pin.contains(MARK), "the pin: {:?}", line_with(&pin, MARK));
+    assert!(pin.contains(&format!("ssm:/{p}/db-password")), "{pin}");
+    assert!(
+        pin.contains(&format!("secretsmanager:{p}/api#token")),
+        "{pin}"
+    );
+    let plan = w.plan_json();
+    assert_eq!(plan["pinned"], true);
+    let secrets = &plan["plan"]["components"][0]["spec"]["secrets"];
+    assert_eq!(
+        secrets["DB_PASSWORD"],
+        format!("ssm:/{p}/db-password").as_str()
+    );
+    assert_eq!(secrets["WHOLE"], format!("secretsmanager:{arn}").as_str());
+    let manifest = w.fx.manifest().display().to_string();
+    let (table, _) = w.berth(&["plan", "--config", &manifest]);
+    assert!(
+        !table.contains(MARK) && table.contains("DB_PASSWORD"),
+        "{table}"
+    );
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
+    let log = agent.log();
+    assert!(log.contains("DEBUG"), "the agent logged at debug:\n{log}");
+    if let Some(l) = line_with(&log, MARK) {
+        panic!("the log prints a value:\n{l}");
+    }
+}
+
+/// With the default settings: a secret that does not exist yet leaves its
+/// component pending (not created, not failed), with a message naming each
+/// missing reference in status and the log; the other component runs; once
+/// the secrets are created, the component starts with them.
+#[test]
+fn a_missing_secret_leaves_only_its_component_pending_until_it_exists() {
+    let w = Ec2Secrets::new(&|prefix| {
+        format!(
+            "{}secrets = {{ DB_PASSWORD = \"ssm:/{prefix}/late\", API = \"secretsmanager:{prefix}/late-api#k\" }}\n{}",
+            forever("app"),
+            forever("other")
+        )
+    });
+    let p = &w.prefix;
+    let mut agent = w.agent(&[]);
+    let s =
+        w.fx.wait_status("app pending with its reason, other running", |s| {
+            comp(s, "other")["state"] == "running"
+                && comp(s, "app")["state"] == "pending"
+                && comp(s, "app")["last_error"].is_string()
+        });
+    let error = comp(&s, "app")["last_error"].as_str().unwrap();
+    let ssm = format!("secret DB_PASSWORD (ssm:/{p}/late): parameter not found (GetParameters)");
+    let sm = format!("secret API (secretsmanager:{p}/late-api#k): ResourceNotFoundException");
+    assert!(error.contains(&ssm) && error.contains(&sm), "{error}");
+    assert_eq!(comp(&s, "app")["container_id"], Value::Null, "not created");
+    assert_eq!(comp(&s, "app")["failures"], 0, "not a failure");
+    assert_eq!(comp(&s, "app")["failed_since"], Value::Null);
+    assert_eq!(s["state"], "starting");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("component app is pending") && reason.contains(&ssm),
+        "{reason}"
+    );
+    let (text, _) = w.berth(&["status", "--addr", &w.fx.status_addr]);
+    assert!(
+        text.contains(&format!("ssm:/{p}/late")),
+        "berth status:\n{text}"
+    );
+    agent.wait_log("cannot resolve the component's secrets", LONG);
+    assert!(agent.log().contains(&ssm), "{}", agent.log());
+    // Still pending on the next tries; then the secrets appear.
+    w.fx.wait_status("a second try", |s| {
+        comp(s, "app")["state"] == "pending" && comp(s, "other")["state"] == "running"
+    });
+    w.moto
+        .put_parameter(&format!("/{p}/late"), &format!("{MARK}-late"), true);
+    w.moto
+        .put_secret(&format!("{p}/late-api"), &format!(r#"{{"k": "{MARK}-k"}}"#));
+    let s = w.fx.wait_ready();
+    assert_eq!(comp(&s, "app")["last_error"], Value::Null);
+    assert_eq!(comp(&s, "app")["failures"], 0);
+    let id = comp(&s, "app")["container_id"].as_str().unwrap();
+    let env = container_env(id);
+    assert!(env.contains(&format!("DB_PASSWORD={MARK}-late")), "{env:?}");
+    assert!(env.contains(&format!("API={MARK}-k")), "{env:?}");
+    assert!(!w.status_json().contains(MARK));
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        line_with(&agent.log(), MARK),
+        None,
+        "the log prints a value"
+    );
+}
+
+/// Local mode: the local file's `[secrets]` table stands in for the
+/// stores; the values reach the container and nothing else.
+#[test]
+fn local_mode_reads_secrets_from_the_local_file() {
+    base_image();
+    let fx = Fx::new(
+        &format!(
+            "{}secrets = {{ DB = \"ssm:/berth/db\", TOKEN = \"secretsmanager:berth/api#token\" }}\n",
+            forever("app")
+        ),
+        "",
+        "base",
+    );
+    let local = std::fs::read_to_string(fx.local()).unwrap();
+    fx.write_local(&format!(
+        "{local}[secrets]\n\"ssm:/berth/db\" = \"{MARK}-local-db\"\n\"secretsmanager:berth/api\" = '{{\"token\": \"{MARK}-local-token\"}}'\n"
+    ));
+    let (manifest, local) = (fx.manifest(), fx.local());
+    let (manifest, local) = (manifest.to_str().unwrap(), local.to_str().unwrap());
+    let out = berth(&["validate", "--config", manifest, "--local", local], &[]);
+    assert_eq!(
+        exit_code(out.status),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut agent = fx.agent(&[("RUST_LOG", "trace")]);
+    let s = fx.wait_ready();
+    let env = container_env(comp(&s, "app")["container_id"].as_str().unwrap());
+    assert!(env.contains(&format!("DB={MARK}-local-db")), "{env:?}");
+    assert!(
+        env.contains(&format!("TOKEN={MARK}-local-token")),
+        "{env:?}"
+    );
+    let (json, err) = plan_output(&fx, true);
+    assert!(!json.contains(MARK) && !err.contains(MARK), "{json}{err}");
+    let pin = std::fs::read_to_string(fx.data_dir().join("pin.json")).unwrap();
+    assert!(
+        !pin.contains(MARK) && pin.contains("ssm:/berth/db"),
+        "{pin}"
+    );
+    agent.signal(15);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        line_with(&agent.log(), MARK),
+        None,
+        "the log prints a value"
+    );
+}
+
+/// A value written where a reference goes is refused by `validate`,
+/// `plan` and `run` (exit 78) at its path, and never printed.
+#[test]
+fn a_value_written_as_a_reference_is_refused_without_being_printed() {
+    let fx = Fx::new(
+        &format!(
+            "{}secrets = {{ DB_PASSWORD = \"{SECRET}\" }}\n",
+            forever("app")
+        ),
+        "",
+        "1.0",
+    );
+    let (manifest, local) = (fx.manifest(), fx.local());
+    let (manifest, local) = (manifest.to_str().unwrap(), local.to_str().unwrap());
+    for args in [
+        vec!["validate", "--config", manifest],
+        vec!["plan", "--config", manifest, "--local", local],
+        vec!["run", "--config", manifest, "--local", local],
+    ] {
+        let out = berth(&args, &[("RUST_LOG", "trace")]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(exit_code(out.status), 78, "{args:?}: {all}");
+        assert!(!all.contains(SECRET), "{args:?} prints the value:\n{all}");
+        assert!(
+            all.contains("clusters.web.containers[0].secrets.DB_PASSWORD: not a secret reference"),
+            "{args:?}: {all}"
+        );
+    }
 }

@@ -6,11 +6,14 @@
 //! - [`ecr`]: registry tokens for ECR.
 //! - CloudWatch alarms (the rollout's alarm gate) are read through [`asg::Group`]
 //!   too: the gate's inputs come through one seam.
+//! - [`secrets`]: SSM Parameter Store and Secrets Manager, behind
+//!   [`crate::secrets::SecretStore`].
 //!
 //! One factory ([`sdk_config`]) builds the SDK configuration for all of
 //! them: region, timeouts, retries. Endpoints follow the SDK's standard
 //! overrides: `AWS_ENDPOINT_URL`, per service `AWS_ENDPOINT_URL_AUTO_SCALING`,
-//! `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL_CLOUDWATCH`; IMDS follows
+//! `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL_CLOUDWATCH`,
+//! `AWS_ENDPOINT_URL_SSM`, `AWS_ENDPOINT_URL_SECRETS_MANAGER`; IMDS follows
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (it does not follow `AWS_ENDPOINT_URL`).
 
 pub mod asg;
@@ -18,6 +21,7 @@ pub mod ecr;
 #[cfg(test)]
 pub mod fake;
 pub mod imds;
+pub mod secrets;
 
 use std::time::Duration;
 
@@ -69,6 +73,8 @@ pub enum AwsOp {
     CreateTags,
     CreateOrUpdateTags,
     DescribeAlarms,
+    GetParameters,
+    BatchGetSecretValue,
 }
 
 impl std::fmt::Display for AwsOp {
@@ -199,5 +205,101 @@ impl crate::backoff::Retryable for AwsError {
     }
     fn is_throttled(&self) -> bool {
         self.throttled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AwsOp;
+
+    /// The IAM action each operation needs, for the policy check below.
+    fn iam_action(op: AwsOp) -> Option<String> {
+        use AwsOp::*;
+        let service = match op {
+            ImdsGet => return None,
+            DescribeAutoScalingInstances
+            | DescribeAutoScalingGroups
+            | DescribeLifecycleHooks
+            | CompleteLifecycleAction
+            | RecordLifecycleActionHeartbeat
+            | SetInstanceHealth
+            | TerminateInstanceInAutoScalingGroup
+            | CreateOrUpdateTags => "autoscaling",
+            DescribeInstances | CreateTags => "ec2",
+            DescribeAlarms => "cloudwatch",
+            GetParameters => "ssm",
+            BatchGetSecretValue => "secretsmanager",
+        };
+        Some(format!("{service}:{op:?}"))
+    }
+
+    /// docs/iam-policy.json grants every action the code calls; the
+    /// secret stores' reads are scoped by a path or name prefix, and KMS
+    /// decryption only through those two services.
+    #[test]
+    fn the_iam_policy_grants_every_call_the_code_makes() {
+        use AwsOp::*;
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/iam-policy.json")).unwrap();
+        let statements = policy["Statement"].as_array().unwrap();
+        let granting = |action: &str| -> Vec<&serde_json::Value> {
+            statements
+                .iter()
+                .filter(|st| match &st["Action"] {
+                    serde_json::Value::String(a) => a == action,
+                    serde_json::Value::Array(a) => a.iter().any(|x| x == action),
+                    _ => false,
+                })
+                .collect()
+        };
+        let all = [
+            ImdsGet,
+            DescribeAutoScalingInstances,
+            DescribeAutoScalingGroups,
+            DescribeLifecycleHooks,
+            CompleteLifecycleAction,
+            RecordLifecycleActionHeartbeat,
+            SetInstanceHealth,
+            DescribeInstances,
+            TerminateInstanceInAutoScalingGroup,
+            CreateTags,
+            CreateOrUpdateTags,
+            DescribeAlarms,
+            GetParameters,
+            BatchGetSecretValue,
+        ];
+        for op in all {
+            if let Some(a) = iam_action(op) {
+                assert!(!granting(&a).is_empty(), "docs/iam-policy.json lacks {a}");
+            }
+        }
+        // BatchGetSecretValue needs GetSecretValue on each secret too.
+        let scoped = |action: &str, arn_prefix: &str| {
+            let st = granting(action);
+            assert_eq!(st.len(), 1, "{action}");
+            let r = st[0]["Resource"].as_str().unwrap_or_default();
+            assert!(
+                r.starts_with(arn_prefix) && r.ends_with("/*") && r.len() > arn_prefix.len() + 2,
+                "{action} is scoped by a prefix: {r}"
+            );
+        };
+        scoped("ssm:GetParameters", "arn:aws:ssm:*:*:parameter/");
+        scoped(
+            "secretsmanager:GetSecretValue",
+            "arn:aws:secretsmanager:*:*:secret:",
+        );
+        let kms = granting("kms:Decrypt");
+        assert_eq!(kms.len(), 1);
+        let via = &kms[0]["Condition"]["StringLike"]["kms:ViaService"];
+        let via: Vec<&str> = via
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            via,
+            ["ssm.*.amazonaws.com", "secretsmanager.*.amazonaws.com"]
+        );
     }
 }

@@ -17,14 +17,16 @@ use super::sleep_or_cancel;
 use crate::aws::asg::Group;
 use crate::aws::ecr::Ecr;
 use crate::aws::imds::{Imds, InstanceMetadata};
+use crate::aws::secrets::AwsSecrets;
 use crate::backoff::{AWS_CALL, DESIRED_STATE, ENGINE_RECONNECT, random_unit};
 use crate::desired::{self, Desired, Identity};
 use crate::error::Error;
-use crate::local::LocalFile;
+use crate::local::{LocalFile, LocalSecrets};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::runtime::Engine;
 use crate::runtime::auth::RegistryAuth;
+use crate::secrets::{ResolveSecrets, Resolver};
 use crate::status::Status;
 use crate::store::{Retiring, Store};
 
@@ -134,6 +136,8 @@ pub struct Booted {
     /// A retirement a previous run left under way.
     pub resuming: Option<Retiring>,
     pub store: Store,
+    /// Resolves secrets for every supervisor of this boot (one cache).
+    pub secrets: Arc<dyn ResolveSecrets>,
 }
 
 /// Sets the status's reason while booting.
@@ -199,12 +203,17 @@ pub async fn boot(
             .map_err(|err| Error::Config(err.into()))?,
         Source::Local(_) => None,
     };
+    let secrets: Arc<dyn ResolveSecrets> = match &source {
+        Source::Local(path) => Arc::new(Resolver::new(LocalSecrets::new(path.clone()))),
+        Source::Ec2(e) => Arc::new(Resolver::new(AwsSecrets::new(&e.config))),
+    };
     Ok(Some(Booted {
         source,
         engine,
         plan,
         resuming,
         store,
+        secrets,
     }))
 }
 

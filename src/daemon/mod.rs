@@ -86,7 +86,9 @@ pub async fn run(opts: RunOptions) -> Result<Outcome, Error> {
             status_tx.clone(),
             round.clone(),
         );
-        let sup = sup.with_heartbeat(heartbeat.clone());
+        let sup = sup
+            .with_heartbeat(heartbeat.clone())
+            .with_secrets(booted.secrets.clone());
         match &booted.source {
             Source::Local(_) => {
                 tracker.spawn(local::watch(

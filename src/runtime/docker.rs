@@ -28,6 +28,7 @@ use super::*;
 use crate::backoff::{IMAGE_PULL, random_unit};
 use crate::manifest::{ContainerSpec, PullPolicy, parse_port};
 use crate::plan::{Plan, PlannedComponent};
+use crate::secrets::SecretEnv;
 
 /// Timeout of every non-streaming engine call (bollard applies it to the
 /// response headers; streams such as events and pulls are not cut by it).
@@ -286,7 +287,12 @@ impl Engine {
     /// Creates the component's container (not started). A container of the
     /// same name that berth does not manage is never removed: that is a conflict.
     #[tracing::instrument(skip_all, fields(component = %c.name))]
-    pub async fn create(&self, plan: &Plan, c: &PlannedComponent) -> Result<String, EngineError> {
+    pub async fn create(
+        &self,
+        plan: &Plan,
+        c: &PlannedComponent,
+        secrets: &SecretEnv,
+    ) -> Result<String, EngineError> {
         let name = self.container_name(&c.name);
         let mut labels: HashMap<String, String> = c.spec.labels.clone().into_iter().collect();
         labels.extend([
@@ -298,7 +304,7 @@ impl Engine {
             (LABEL_SPEC.to_string(), c.spec_hash()),
             (LABEL_INSTANCE.to_string(), plan.instance_id.clone()),
         ]);
-        let body = container_body(&c.spec, c.create_ref(), labels);
+        let body = container_body(&c.spec, c.create_ref(), labels, secrets);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(opts), body).await {
             Ok(r) => Ok(r.id),
@@ -500,11 +506,13 @@ fn repository(image: &str) -> &str {
     split_reference(image).0.split('@').next().unwrap_or(image)
 }
 
-/// The engine's create body for a spec.
+/// The engine's create body for a spec: its environment is the spec's
+/// `env` and the resolved `secrets` (validation keeps their names apart).
 fn container_body(
     spec: &ContainerSpec,
     image: &str,
     labels: HashMap<String, String>,
+    secrets: &SecretEnv,
 ) -> ContainerCreateBody {
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -526,8 +534,13 @@ fn container_body(
         image: Some(image.to_string()),
         cmd: spec.command.clone(),
         entrypoint: spec.entrypoint.clone(),
-        env: (!spec.env.is_empty())
-            .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: (!spec.env.is_empty() || !secrets.is_empty()).then(|| {
+            spec.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(secrets.expose().map(|(k, v)| format!("{k}={v}")))
+                .collect()
+        }),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         user: spec.user.clone(),
         labels: Some(labels),
@@ -581,8 +594,13 @@ impl ContainerRuntime for Engine {
     ) -> Result<(String, Option<String>), EngineError> {
         Engine::ensure_image(self, c, attempts, cancel).await
     }
-    async fn create(&self, plan: &Plan, c: &PlannedComponent) -> Result<String, EngineError> {
-        Engine::create(self, plan, c).await
+    async fn create(
+        &self,
+        plan: &Plan,
+        c: &PlannedComponent,
+        secrets: &SecretEnv,
+    ) -> Result<String, EngineError> {
+        Engine::create(self, plan, c, secrets).await
     }
     async fn start(&self, id: &str) -> Result<(), EngineError> {
         Engine::start(self, id).await

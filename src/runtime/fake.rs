@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ContainerRuntime, EngineError, EngineEvent, EngineOp, Health, Observed};
 use crate::plan::{Plan, PlannedComponent};
+use crate::secrets::SecretEnv;
 
 #[derive(Default)]
 pub struct Engine {
@@ -18,6 +19,8 @@ pub struct Engine {
     pub events: Option<mpsc::UnboundedSender<Result<EngineEvent, EngineError>>>,
     /// Images `image_in_registry` says are missing.
     pub missing_images: Vec<String>,
+    /// Each create's component and the secrets it was given (`NAME=value`).
+    pub created_env: Vec<(String, Vec<String>)>,
 }
 
 /// A fake engine: containers in memory, events on a channel.
@@ -77,9 +80,18 @@ impl ContainerRuntime for Fake {
     ) -> Result<(String, Option<String>), EngineError> {
         Ok(("sha256:img".into(), None))
     }
-    async fn create(&self, plan: &Plan, c: &PlannedComponent) -> Result<String, EngineError> {
+    async fn create(
+        &self,
+        plan: &Plan,
+        c: &PlannedComponent,
+        secrets: &SecretEnv,
+    ) -> Result<String, EngineError> {
         let mut e = self.0.lock().unwrap();
         e.calls.push(format!("create {}", c.name));
+        e.created_env.push((
+            c.name.clone(),
+            secrets.expose().map(|(k, v)| format!("{k}={v}")).collect(),
+        ));
         let id = format!("c-{}", c.name);
         e.containers.push(Observed {
             id: id.clone(),

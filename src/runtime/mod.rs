@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::manifest::RegistryAuthMode;
 use crate::plan::{Plan, PlannedComponent};
+use crate::secrets::SecretEnv;
 
 pub use docker::Engine;
 
@@ -200,11 +201,14 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
         attempts: u32,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(String, Option<String>), EngineError>> + Send;
-    /// Creates the component's container (not started); returns its id.
+    /// Creates the component's container (not started) with its resolved
+    /// secrets added to its environment; returns its id. The labels come
+    /// from `c` alone: no value reaches them.
     fn create(
         &self,
         plan: &Plan,
         c: &PlannedComponent,
+        secrets: &SecretEnv,
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn restart(

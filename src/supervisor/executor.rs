@@ -15,6 +15,7 @@ use super::{Msg, Supervisor};
 use crate::backoff::{ENGINE_RECONNECT, random_unit};
 use crate::plan::{Plan, PlannedComponent};
 use crate::runtime::{ContainerRuntime, EngineError};
+use crate::secrets::SecretEnv;
 
 /// File in the data dir that keeps restart and failure counts across agent restarts.
 pub const COUNTERS_FILE: &str = "restarts.json";
@@ -94,6 +95,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
         let attempts = self.settings.pull_attempts;
         let cancel = self.cancel.clone();
         let grace = spec.spec.stop_grace_period.0;
+        let secrets = self.secrets.clone();
         tracing::debug!(component = %spec.name, ?action, "acting");
         self.actions.spawn(async move {
             let result = match action {
@@ -102,7 +104,16 @@ impl<R: ContainerRuntime> Supervisor<R> {
                     .await
                     .map(|(image_id, digest)| Done::Image { image_id, digest }),
                 Action::Create { replace } => {
-                    create(&engine, &plan, spec, replace, attempts, &cancel).await
+                    // Before anything is removed: a component whose secrets
+                    // do not resolve keeps what it has.
+                    let env = match secrets.resolve(&spec.spec.secrets, &cancel).await {
+                        Ok(env) => env,
+                        Err(error) => {
+                            let _ = tx.send(Msg::Input(Input::Unresolved { idx, error }));
+                            return;
+                        }
+                    };
+                    create(&engine, &plan, spec, &env, replace, attempts, &cancel).await
                 }
                 Action::Start { id } => match engine.start(&id).await {
                     Ok(()) => inspected(&engine, &id).await,
@@ -125,11 +136,13 @@ async fn inspected<R: ContainerRuntime>(engine: &R, id: &str) -> Result<Done, En
     })
 }
 
-/// Creates and starts a component's container, replacing `replace` first.
+/// Creates and starts a component's container with its resolved secrets,
+/// replacing `replace` first.
 async fn create<R: ContainerRuntime>(
     engine: &R,
     plan: &Plan,
     mut spec: PlannedComponent,
+    secrets: &SecretEnv,
     replace: Option<String>,
     attempts: u32,
     cancel: &CancellationToken,
@@ -144,11 +157,11 @@ async fn create<R: ContainerRuntime>(
         spec.digest = digest.clone();
         image = Some((id, digest));
     }
-    let id = match engine.create(plan, &spec).await {
+    let id = match engine.create(plan, &spec, secrets).await {
         Err(EngineError::NotFound { .. }) => {
             // The image went away (pruned): fetch it again, once.
             engine.ensure_image(&spec, attempts, cancel).await?;
-            engine.create(plan, &spec).await?
+            engine.create(plan, &spec, secrets).await?
         }
         r => r?,
     };

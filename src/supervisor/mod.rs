@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::plan::Plan;
 use crate::runtime::ContainerRuntime;
+use crate::secrets::{NoStore, ResolveSecrets, Resolver};
 use crate::status::{AgentState, DriftEntry, Status};
 pub use heartbeat::Heartbeat;
 pub use state::{Input, Now, State};
@@ -187,6 +188,9 @@ pub struct Supervisor<R: ContainerRuntime> {
     last_state: Option<AgentState>,
     /// Beats on every turn of the loop, for systemd's watchdog.
     heartbeat: Heartbeat,
+    /// Resolves components' secrets at create; its cache lives as long as
+    /// the agent process (the daemon hands the same one to every round).
+    secrets: Arc<dyn ResolveSecrets>,
     actions: TaskTracker,
     cancel: CancellationToken,
 }
@@ -224,6 +228,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             report,
             last_state: None,
             heartbeat: Heartbeat::default(),
+            secrets: Arc::new(Resolver::new(NoStore)),
             actions: TaskTracker::new(),
             cancel,
         };
@@ -233,6 +238,13 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// Beats `hb` on every turn of the loop (see [`heartbeat`]).
     pub fn with_heartbeat(mut self, hb: Heartbeat) -> Self {
         self.heartbeat = hb;
+        self
+    }
+
+    /// Resolves secrets with `secrets` (by default there is no store, and
+    /// every reference fails).
+    pub fn with_secrets(mut self, secrets: Arc<dyn ResolveSecrets>) -> Self {
+        self.secrets = secrets;
         self
     }
 
@@ -354,5 +366,106 @@ mod tests {
             .collect();
         assert_eq!(stops, vec!["stop c-app", "stop c-db"], "reverse order");
         assert_eq!(report.borrow().draining, Some(DrainReason::Retire));
+    }
+
+    /// The executor resolves a component's secrets before its create and
+    /// hands them to the engine only; a reference that does not resolve
+    /// keeps that component pending (its status names the reference) while
+    /// the other starts, and once the secret exists the component starts.
+    #[tokio::test]
+    async fn secrets_reach_the_create_only_and_an_unresolved_component_waits_alone() {
+        use crate::local::LocalSecrets;
+        use crate::secrets::Resolver;
+        use crate::status::Phase;
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("local.toml");
+        let head = "instance_id = \"i-1\"\ngroup = \"web\"\n";
+        std::fs::write(&local, head).unwrap();
+        let plan = crate::plan::for_tests(
+            "[[clusters.web.containers]]\nname = \"db\"\nimage = \"db:{version}\"\nsecrets = { PW = \"ssm:/db/pw\" }\n[[clusters.web.containers]]\nname = \"cache\"\nimage = \"cache:{version}\"\n",
+            "1",
+        );
+        let fake = Fake::default();
+        let (status, mut status_rx) = watch::channel(Arc::new(Status::default()));
+        let cancel = CancellationToken::new();
+        let (sup, _handle, mut report) = Supervisor::new(
+            fake.clone(),
+            plan,
+            Settings {
+                data_dir: dir.path().join("data"),
+                resync_interval: Duration::from_secs(30),
+                pull_attempts: 1,
+                namespace: "t".into(),
+            },
+            status,
+            cancel.clone(),
+        );
+        let sup = sup.with_secrets(Arc::new(Resolver::new(LocalSecrets::new(local.clone()))));
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(async move { sup.run(&tracker).await });
+        let phase_of = |s: &Status, name: &str| {
+            s.components
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (c.state, c.last_error.clone()))
+        };
+        let deadline = Duration::from_secs(60);
+        let waiting = tokio::time::timeout(
+            deadline,
+            status_rx.wait_for(|s| {
+                phase_of(s, "cache").is_some_and(|(p, _)| p == Phase::Running)
+                    && phase_of(s, "db").is_some_and(|(p, e)| {
+                        p == Phase::Pending && e.is_some_and(|e| e.contains("ssm:/db/pw"))
+                    })
+            }),
+        )
+        .await
+        .expect("cache runs, db pending")
+        .unwrap()
+        .clone();
+        let (_, error) = phase_of(&waiting, "db").unwrap();
+        assert_eq!(
+            error.as_deref(),
+            Some(
+                format!(
+                    "secret PW (ssm:/db/pw): not in the [secrets] table of the local file {}",
+                    local.display()
+                )
+                .as_str()
+            )
+        );
+        assert!(
+            waiting
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("component db is pending")
+        );
+        assert!(
+            !fake.calls().contains(&"create db".to_string()),
+            "{:?}",
+            fake.calls()
+        );
+        std::fs::write(
+            &local,
+            format!("{head}[secrets]\n\"ssm:/db/pw\" = \"pw-value\"\n"),
+        )
+        .unwrap();
+        tokio::time::timeout(deadline, report.wait_for(|r| r.state == AgentState::Ready))
+            .await
+            .expect("ready once the secret exists")
+            .unwrap();
+        let created = fake.state().created_env.clone();
+        assert_eq!(
+            created,
+            [
+                ("cache".to_string(), vec![]),
+                ("db".to_string(), vec!["PW=pw-value".to_string()])
+            ]
+        );
+        let shown = serde_json::to_string(&**status_rx.borrow()).unwrap();
+        assert!(!shown.contains("pw-value"), "{shown}");
+        cancel.cancel();
+        assert_eq!(run.await.unwrap(), Exit::Cancelled);
     }
 }

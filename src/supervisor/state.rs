@@ -24,13 +24,20 @@
 //!   reach it are retried once it is back, and deaths the engine caused by
 //!   going away (within [`ENGINE_STOP_WINDOW`] of losing it) are forgiven.
 //! - A container that is gone or being removed is recreated, not counted.
+//! - Secrets that cannot be resolved at create ([`Input::Unresolved`]) are
+//!   not a failure either (a store outage or a missing secret must not
+//!   make a fleet look unhealthy, nor would a new instance fare better):
+//!   the component stays pending, says why, and the create is tried again
+//!   with [`SECRETS_RETRY`] backoff. Nothing else waits for it but its
+//!   dependents.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backoff::restart_delay;
+use crate::backoff::{SECRETS_RETRY, restart_delay};
 use crate::plan::{Plan, PlannedComponent};
 use crate::runtime::{EngineError, EngineEvent, EngineOp, EventKind, Health, Observed};
+use crate::secrets::ResolveError;
 use crate::status::{AgentState, DriftEntry, Phase};
 
 /// Delay before retrying a component whose image could not be pulled (the
@@ -140,6 +147,9 @@ pub struct Comp {
     pub failed_since: Option<SystemTime>,
     /// The last pull failed; waiting to try again.
     pub pull_failed: bool,
+    /// Consecutive creates whose secrets could not be resolved; 0 once a
+    /// create got them.
+    pub unresolved: u32,
     /// The last failure was a death that may yet turn out to be the engine's.
     pub forgivable: Option<Forgivable>,
     /// The phase last logged.
@@ -160,6 +170,7 @@ impl Comp {
             last_error: None,
             failed_since: None,
             pull_failed: false,
+            unresolved: 0,
             forgivable: None,
             phase_logged: Phase::Pending,
         }
@@ -242,6 +253,12 @@ pub enum Input {
     Notes {
         message: Option<String>,
         drift: Vec<DriftEntry>,
+    },
+    /// A create did not start: the component's secrets could not be
+    /// resolved (the error names the references, never a value).
+    Unresolved {
+        idx: usize,
+        error: ResolveError,
     },
     /// Time passed (a backoff ended, a run became stable, a resync is due).
     Tick,
@@ -553,6 +570,7 @@ pub fn phase(c: &Comp, now: Instant) -> Phase {
         }
         _ if c.failed_since.is_some() => Phase::Failed,
         _ if c.pull_failed => Phase::Pulling,
+        _ if c.unresolved > 0 => Phase::Pending,
         _ if waiting => Phase::Backoff,
         (None, None) => Phase::Pending,
         (None, Some(_)) => Phase::Starting,
@@ -603,6 +621,7 @@ pub fn apply(s: &mut State, input: Input, now: Now) -> Vec<Effect> {
             s.message = message;
             s.drift = drift;
         }
+        Input::Unresolved { idx, error } => on_unresolved(s, idx, error, now),
         Input::Tick => {}
     }
     tick(s, now, &mut fx);
@@ -894,6 +913,10 @@ fn on_done(
     let connected = s.engine_connected;
     let c = &mut s.comps[idx];
     c.busy = None;
+    if kind == ActionKind::Create {
+        // A create reports back once its secrets are resolved.
+        c.unresolved = 0;
+    }
     match result {
         Ok(Done::Image { image_id, digest }) => {
             c.image_ready = true;
@@ -959,6 +982,27 @@ fn on_done(
             s.resync_wanted = true;
         }
     }
+}
+
+/// A create whose secrets could not be resolved: the component stays
+/// pending, says why, and tries again after [`SECRETS_RETRY`]'s backoff.
+/// Never a failure (see the module docs).
+fn on_unresolved(s: &mut State, idx: usize, error: ResolveError, now: Now) {
+    let c = &mut s.comps[idx];
+    c.busy = None;
+    if error == ResolveError::Cancelled {
+        return;
+    }
+    c.unresolved += 1;
+    let wait = SECRETS_RETRY.delay(c.unresolved, crate::backoff::random_unit());
+    c.not_before = Some(now.at + wait);
+    let message = error.to_string();
+    if c.last_error.as_deref() != Some(message.as_str()) {
+        tracing::error!(component = %c.spec.name, error = %message, attempts = c.unresolved, retry_in = ?wait, "cannot resolve the component's secrets; it is not created until they resolve");
+    } else {
+        tracing::warn!(component = %c.spec.name, error = %message, attempts = c.unresolved, retry_in = ?wait, "the component's secrets still do not resolve");
+    }
+    c.last_error = Some(message);
 }
 
 /// Records an image id and digest in the pin the first time they are learned.
@@ -1390,6 +1434,131 @@ mod tests {
             s.comps[WEB]
         );
         assert!(s.comps[WEB].failed_since.is_some());
+    }
+
+    /// Secrets that do not resolve keep only their component pending, with
+    /// the reference in its error and the agent's reason; never a failure
+    /// (no budget spent, never `failed`); the create is tried again with
+    /// backoff (5 s, 10 s, 20 s … 5 min), and once they resolve the
+    /// component starts like any other.
+    #[test]
+    fn unresolved_secrets_keep_only_their_component_pending_and_retry_with_backoff() {
+        use crate::secrets::Problem;
+        const DB: usize = 1;
+        let two = format!(
+            "{ONE}secrets = {{ DB_PASSWORD = \"ssm:/prod/db\" }}\n[[clusters.web.containers]]\nname = \"db\"\nimage = \"db:{{version}}\"\n"
+        );
+        let t0 = Now::read();
+        let mut s = state(&two, t0);
+        for c in &mut s.comps {
+            c.image_ready = true;
+        }
+        apply(&mut s, Input::EngineUp, t0);
+        let fx = apply(&mut s, Input::Observed(Ok(vec![])), t0);
+        let created: Vec<usize> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Act {
+                    idx,
+                    action: Action::Create { replace: None },
+                } => Some(*idx),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created, [WEB, DB], "{fx:?}");
+        let unresolved = || Input::Unresolved {
+            idx: WEB,
+            error: ResolveError::Unresolved(vec![Problem {
+                env: "DB_PASSWORD".into(),
+                reference: "ssm:/prod/db".into(),
+                why: "parameter not found (GetParameters)".into(),
+            }]),
+        };
+        let mut pending = apply(&mut s, unresolved(), t0);
+        let started = t0.wall - Duration::from_secs(60);
+        let db_up = observed(&s, DB, true, started);
+        pending.extend(apply(
+            &mut s,
+            Input::Done {
+                idx: DB,
+                kind: ActionKind::Create,
+                result: Ok(Done::Container {
+                    observed: db_up,
+                    image: None,
+                }),
+            },
+            t0,
+        ));
+        assert_eq!(phase(&s.comps[WEB], t0.at), Phase::Pending);
+        assert_eq!(phase(&s.comps[DB], t0.at), Phase::Running, "the other runs");
+        let want = "secret DB_PASSWORD (ssm:/prod/db): parameter not found (GetParameters)";
+        assert_eq!(s.comps[WEB].last_error.as_deref(), Some(want));
+        let (st, why) = s.agent_state(t0);
+        assert_eq!(st, AgentState::Starting);
+        assert_eq!(
+            why.as_deref(),
+            Some(format!("component web is pending: {want}").as_str())
+        );
+        // Ten minutes of retries: 5, 10, 20, 40, 80, 160, 300 s apart (± 10 %).
+        let mut now = t0;
+        let mut attempts = vec![Duration::ZERO];
+        for _ in 0..600 {
+            now = now.plus(Duration::from_secs(1));
+            let mut fx = apply(&mut s, Input::Tick, now);
+            fx.append(&mut pending);
+            for e in &fx {
+                if let Effect::Act { idx, action } = e {
+                    assert_eq!((*idx, action), (WEB, &Action::Create { replace: None }));
+                    attempts.push(now.at - t0.at);
+                    pending = apply(&mut s, unresolved(), now);
+                }
+            }
+            assert_eq!(phase(&s.comps[WEB], now.at), Phase::Pending);
+        }
+        let gaps: Vec<u64> = attempts
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs())
+            .collect();
+        for (gap, want) in gaps.iter().zip([5u64, 10, 20, 40, 80, 160, 300]) {
+            assert!(
+                *gap >= want * 9 / 10 && *gap <= want * 11 / 10 + 1,
+                "{gaps:?}"
+            );
+        }
+        assert!((7..=8).contains(&attempts.len()), "{attempts:?}");
+        let web = &s.comps[WEB];
+        assert_eq!(
+            (web.failures, web.failed_since),
+            (0, None),
+            "never a failure"
+        );
+        assert!(s.failed().is_empty());
+        assert_eq!(s.comps[WEB].unresolved as usize, attempts.len());
+        // The secret exists now: the next create starts the component.
+        let at = s.comps[WEB].not_before.unwrap();
+        let now = Now {
+            at,
+            wall: now.wall + (at - now.at),
+        };
+        let fx = apply(&mut s, Input::Tick, now);
+        assert_eq!(acts(&fx), [&Action::Create { replace: None }]);
+        let up = observed(&s, WEB, true, now.wall - Duration::from_secs(60));
+        apply(
+            &mut s,
+            Input::Done {
+                idx: WEB,
+                kind: ActionKind::Create,
+                result: Ok(Done::Container {
+                    observed: up,
+                    image: None,
+                }),
+            },
+            now,
+        );
+        let web = &s.comps[WEB];
+        assert_eq!((web.unresolved, web.last_error.as_ref()), (0, None));
+        assert_eq!(phase(web, now.at), Phase::Running);
+        assert_eq!(s.agent_state(now).0, AgentState::Ready);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A private moto server (`python3 -m moto.server`, moto 5.2.1) on a free
-//! loopback port: fake Auto Scaling, EC2, CloudWatch and ECR APIs for the
+//! loopback port: fake Auto Scaling, EC2, CloudWatch, ECR, SSM and Secrets Manager APIs for the
 //! AWS side of berth, all on one port. Each [`Moto`] is its own process with
 //! its own state, so parallel tests never see each other's groups.
 //!
@@ -29,6 +29,13 @@
 //!   implemented (HTTP 500): put a [`super::LifecycleProxy`] in front.
 //! * moto routes requests by the SigV4 credential scope, so unsigned
 //!   requests land in its S3 backend.
+//! * SSM `GetParameters` refuses more than 10 names (`ValidationException`),
+//!   as AWS does, and lists unknown names in `InvalidParameters`; a
+//!   `SecureString` put without a key id is decrypted with `WithDecryption`.
+//! * Secrets Manager `BatchGetSecretValue` is implemented: unknown ids come
+//!   back in `Errors` (`ResourceNotFoundException`); it does not enforce
+//!   AWS's limit of 20 ids per call, and never returns a `NextToken` for a
+//!   `SecretIdList`.
 //! * ECR `GetAuthorizationToken` returns base64 `AWS:123456789012-auth-token`
 //!   (see [`MOTO_ECR_USER`], [`MOTO_ECR_PASSWORD`]).
 //! * CloudWatch speaks the query and AWS JSON 1.0 protocols only, not the
@@ -335,6 +342,75 @@ impl Moto {
                 .collect();
             assert_eq!(times.len(), ids.len(), "launch_times({ids:?}): {times:?}");
             times
+        })
+    }
+
+    /// Puts SSM parameter `name` with `value` (`PutParameter`, overwriting),
+    /// a `SecureString` (moto's default KMS key) when `secure`. Panics on failure.
+    pub fn put_parameter(&self, name: &str, value: &str, secure: bool) {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            let kind = if secure {
+                aws_sdk_ssm::types::ParameterType::SecureString
+            } else {
+                aws_sdk_ssm::types::ParameterType::String
+            };
+            aws_sdk_ssm::Client::new(&cfg)
+                .put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(kind)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "put_parameter({name}): PutParameter: {}",
+                        DisplayErrorContext(&e)
+                    )
+                });
+        })
+    }
+
+    /// Creates Secrets Manager secret `name` with the text `value`
+    /// (`CreateSecret`), or gives an existing one that new value
+    /// (`PutSecretValue`). Returns its ARN. Panics on failure.
+    pub fn put_secret(&self, name: &str, value: &str) -> String {
+        let cfg = self.sdk_config();
+        block_on(async move {
+            let sm = aws_sdk_secretsmanager::Client::new(&cfg);
+            match sm
+                .create_secret()
+                .name(name)
+                .secret_string(value)
+                .send()
+                .await
+            {
+                Ok(out) => out.arn().unwrap_or_default().to_string(),
+                Err(e)
+                    if aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(&e)
+                        == Some("ResourceExistsException") =>
+                {
+                    sm.put_secret_value()
+                        .secret_id(name)
+                        .secret_string(value)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "put_secret({name}): PutSecretValue: {}",
+                                DisplayErrorContext(&e)
+                            )
+                        })
+                        .arn()
+                        .unwrap_or_default()
+                        .to_string()
+                }
+                Err(e) => panic!(
+                    "put_secret({name}): CreateSecret: {}",
+                    DisplayErrorContext(&e)
+                ),
+            }
         })
     }
 
