@@ -806,6 +806,7 @@ fn blank(name: &str) -> ContainerSpec {
         command: None,
         entrypoint: None,
         env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         ports: Vec::new(),
         volumes: Vec::new(),
         network_mode: None,
