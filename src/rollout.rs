@@ -1247,9 +1247,9 @@ pub struct Ring<'a> {
 ///   another agent saw the group prefer other versions, so it is in line.
 ///   [`RingKind::Now`]: now. [`RingKind::Turn`]: a round and the slack from
 ///   now. [`RingKind::Told`]: the first `k` by rank look at their place (as
-///   [`nudged_look_in`]); the others at their estimated turn,
-///   `grace + ⌊rank / k⌋ · round` and the slack, and the members ahead ring
-///   them when it comes. The mark is kept as a hint: if its look then shows
+///   [`nudged_look_in`]); the others are rung by the members ahead when
+///   their turn comes, and look at `grace + (⌊rank / k⌋ + 1) · round`
+///   (a round after their estimated turn) only if both rings are lost. The mark is kept as a hint: if its look then shows
 ///   the same change, the drift counts from the ring ([`Watch::hint`]), so a
 ///   member told early does not wait out the grace again at its turn.
 /// - Otherwise (an operator's nudge, or its own versions): its place,
@@ -1269,7 +1269,10 @@ pub fn on_ring(r: &Ring<'_>) -> (Duration, Option<String>) {
             let window = r.rank / r.k.max(1);
             let at = match kind {
                 RingKind::Told if window == 0 => spread,
-                RingKind::Told => r.grace + r.round * window + READY_SLACK,
+                // A round late: the members ahead ring it when its turn
+                // comes (a turn ring a round before, the ready ring at
+                // it); this is the backstop if both are lost.
+                RingKind::Told => r.grace + r.round * (window + 1),
                 RingKind::Turn => r.round + READY_SLACK,
                 RingKind::Now => Duration::ZERO,
             };
@@ -1370,23 +1373,23 @@ pub fn ring_unaware(
 }
 
 /// Whom a retiring member rings: the one member whose turn its replacement
-/// opens, in the next window (`position + budget` in line, where `position`
-/// is its own place and `budget` = `k − U` before it left). One target per
-/// retirement, so a window of k costs k looks, not k².
+/// opens, a window behind it: `position + k` in line, where `position` is
+/// its own place. (Not `position + budget`: once `r` of a window have left,
+/// the line and the budget have both shrunk by `r`, and every later member
+/// of the window would ring the same one.) One target per retirement, so a
+/// window of k costs k looks, not k².
 pub fn ring_on_retire(
     snapshot: &Snapshot,
     preferred: &BTreeMap<String, String>,
     me: &str,
     policy: &Policy,
-    now_s: u64,
 ) -> Vec<String> {
     let l = line(snapshot, preferred);
     let Some(p) = l.iter().position(|m| m.id == me) else {
         return Vec::new();
     };
-    let k = policy.max_unavailable.resolve(snapshot.desired_capacity);
-    let b = k.saturating_sub(budget_unavailable(snapshot, preferred, policy, now_s)) as usize;
-    l.get(p + b.max(1))
+    let k = policy.max_unavailable.resolve(snapshot.desired_capacity) as usize;
+    l.get(p + k.max(1))
         .map(|m| vec![m.id.clone()])
         .unwrap_or_default()
 }
@@ -1532,6 +1535,16 @@ impl Answer {
 }
 
 impl Watch {
+    /// Records that another agent told this one of the change `mark` at
+    /// `at_ms` ([`on_ring`]). The first time counts: later rings of the
+    /// same change (its turn, look now) do not restart the drift grace.
+    pub fn told(&mut self, mark: String, at_ms: u64) {
+        match &self.hint {
+            Some((m, _)) if *m == mark => {}
+            _ => self.hint = Some((mark, at_ms)),
+        }
+    }
+
     /// Decides, says when to look again (before jitter) and whom to ring.
     pub fn observe(&mut self, o: &Observation<'_>) -> Answer {
         let drifted = o.drifted;
@@ -1582,6 +1595,14 @@ impl Watch {
             Decision::Wait(Wait::Baking {
                 left: Some(left), ..
             }) => Standing::Turn(*left + READY_SLACK),
+            // Held by the canary: nobody rings when it has baked, so look
+            // then (or on the held schedule, if nothing bakes yet).
+            Decision::Wait(Wait::Canary { bake_time, .. }) => {
+                match first_to_bake(o.snapshot, o.preferred, *bake_time, now_s) {
+                    Some((_, Some(left))) => Standing::Turn(left + READY_SLACK),
+                    _ => Standing::Held,
+                }
+            }
             Decision::Wait(Wait::NoDrift) => Standing::AtRest,
             _ if drifted => Standing::Held,
             _ => Standing::AtRest,
@@ -1615,7 +1636,7 @@ impl Watch {
         if o.doorbell {
             let more = match (&decision, o.prompt) {
                 (Decision::Retire, _) => (
-                    ring_on_retire(o.snapshot, o.preferred, o.me, o.policy, now_s),
+                    ring_on_retire(o.snapshot, o.preferred, o.me, o.policy),
                     RingKind::Turn,
                 ),
                 (_, Prompt::BecameReady) if !drifted => (
@@ -2095,8 +2116,8 @@ mod tests {
             ring(&told, false, 3),
             (Duration::from_secs(3), hint.clone())
         );
-        // Three windows back: grace + 3 rounds, and the slack.
-        let at = Duration::from_secs(60 + 450) + READY_SLACK;
+        // Three windows back: rung at its turn; else grace + 4 rounds.
+        let at = Duration::from_secs(60 + 600);
         assert_eq!(ring(&told, false, 35), (at, hint.clone()));
         assert_eq!(ring(&turn, false, 35), (round + READY_SLACK, hint.clone()));
         assert_eq!(ring(&now, false, 35), (Duration::ZERO, hint));
@@ -2112,6 +2133,26 @@ mod tests {
         assert_eq!(mark_of("1733500000"), None);
     }
 
+    /// Nobody rings when the canary has baked: the held look then.
+    #[test]
+    fn members_held_by_the_canary_look_when_it_has_baked() {
+        let mut s = base();
+        s.members[0] = member("i-new", 980, true, NEW);
+        let policy = Policy {
+            drift_grace: Duration::ZERO,
+            canary: 1,
+            bake_time: Duration::from_secs(600),
+            ..Policy::default()
+        };
+        let a = view_with(&s, &policy, |o| o.me = "i-b", &mut Watch::default());
+        assert!(
+            matches!(a.decision, Decision::Wait(Wait::Canary { .. })),
+            "{a:?}"
+        );
+        // Ready since 980, bakes at 1580; now is 1000.
+        assert_eq!(a.next, Duration::from_secs(580) + READY_SLACK);
+    }
+
     #[test]
     fn a_hint_of_the_same_change_counts_the_drift_from_the_ring() {
         let s = base();
@@ -2119,9 +2160,15 @@ mod tests {
         let policy = Policy::default();
         // Told 61 s ago (the default grace is 60 s): it may go at once.
         let mut w = Watch {
-            hint: Some((mark, 1_000_000 - 61_000)),
+            hint: Some((mark.clone(), 1_000_000 - 61_000)),
             ..Watch::default()
         };
+        let a = view_with(&s, &policy, |_| {}, &mut w);
+        assert_eq!(a.decision, Decision::Retire);
+        // Later rings of the same change keep the first time.
+        let mut w = Watch::default();
+        w.told(mark.clone(), 1_000_000 - 61_000);
+        w.told(mark.clone(), 1_000_000 - 1_000);
         let a = view_with(&s, &policy, |_| {}, &mut w);
         assert_eq!(a.decision, Decision::Retire);
         // A hint of another change counts for nothing.
@@ -2216,6 +2263,11 @@ mod tests {
         };
         let a = view_with(&s, &policy, |_| {}, &mut Watch::default());
         assert_eq!(a.ring, vec![("i-c".to_string(), RingKind::Turn)]);
+        // Then i-b, with i-a already leaving: it rings i-d, not i-c again.
+        s.members[0].berth_state = Some("retiring".into());
+        let b = view_with(&s, &policy, |o| o.me = "i-b", &mut Watch::default());
+        assert_eq!(b.decision, Decision::Retire);
+        assert_eq!(b.ring, vec![("i-d".to_string(), RingKind::Turn)]);
     }
 
     #[test]

@@ -52,8 +52,7 @@
 //!   its rollout) to the region.
 //! - Rollout time ≤ 1.10 × ideal at N = 10, 100, 1,000 and k = 1 and 10 %,
 //!   with the nudge; `unavailable` never exceeds k. Not met at N = 1,000,
-//!   k = 100 (1.16 seen), nor the call goal there (3.0 seen against 3):
-//!   see [`KNOWN_GAP`].
+//!   k = 100 (1.15 seen): see [`KNOWN_GAP`].
 //! - A launch storm of 1,000 instances in one minute finishes every boot
 //!   call, throttling retried, no agent past the 15 min launch timeout.
 //!
@@ -103,15 +102,15 @@ const EC2_DESCRIBE: (f64, f64) = (100.0, 20.0);
 const EC2_CREATE_TAGS: (f64, f64) = (100.0, 10.0);
 
 const MAX_RATIO: f64 = 1.10;
-/// Not met yet at N = 1,000, k = 100: each retirement costs about four Auto
-/// Scaling calls (its look, its termination, the replacement's boot read
-/// and first look), 2.7 calls/s at the ideal pace against the assumed 4/s
-/// that berth's agents share, so windows of 100 queue on the bucket. What
-/// it reaches today is asserted, so that it cannot get worse unseen; the
-/// tables show the figure.
+/// The time goal is not met yet at N = 1,000, k = 100 (1.15 seen): each
+/// retirement costs about four Auto Scaling calls (its look, its
+/// termination, the replacement's boot read and first look), 2.7 calls/s
+/// at the ideal pace against the assumed 4/s that berth's agents share, so
+/// a window of 100 replacements becoming ready together queues on the
+/// bucket. What it reaches today is asserted, so that it cannot get worse
+/// unseen; the tables show the figure.
 const KNOWN_GAP: (u32, u32) = (1000, 100);
 const KNOWN_GAP_MAX_RATIO: f64 = 1.20;
-const KNOWN_GAP_MAX_ADDED_CALLS: f64 = 3.1;
 /// The documented CLI line rings this many of the oldest members.
 const OPERATOR_RINGS: usize = 5;
 const SEEDS: [u64; 3] = [1, 2, 3];
@@ -718,7 +717,7 @@ fn simulate(s: Scenario) -> Outcome {
                         u: sim.rng.f64(),
                     });
                     if let Some(mark) = hint {
-                        sim.agents[uid].watch.hint = Some((mark, t));
+                        sim.agents[uid].watch.told(mark, t);
                     }
                     let a = &sim.agents[uid];
                     let at = t + delay.as_millis() as u64;
@@ -1108,11 +1107,7 @@ fn a_change_reaches_the_head_of_the_line_in_time() {
 fn a_rolling_group_adds_at_most_1_plus_k_over_50_calls_per_second() {
     let mut misses = Vec::new();
     for o in rollouts().filter(|o| o.s.nudge) {
-        let goal = if (o.s.n, o.s.k) == KNOWN_GAP {
-            KNOWN_GAP_MAX_ADDED_CALLS
-        } else {
-            1.0 + o.s.k as f64 / 50.0
-        };
+        let goal = 1.0 + o.s.k as f64 / 50.0;
         if o.added_asg_rate() > goal {
             misses.push(format!(
                 "{}: {:.3} AS calls/s > {goal}",

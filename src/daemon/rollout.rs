@@ -242,7 +242,8 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
                                 u: random_unit(),
                             });
                             if let Some(mark) = hint {
-                                m.gate.hint = Some((mark, m.clock.now_ms()));
+                                let now = m.clock.now_ms();
+                                m.gate.told(mark, now);
                             }
                             let at = Instant::now() + delay;
                             if at < sleep.deadline() {
