@@ -1339,6 +1339,23 @@ pub fn nudge_value(mark: &str, kind: RingKind, me: &str, now_ms: u64) -> String 
     format!("{mark}.{}.{me}.{now_ms}", kind.code())
 }
 
+/// A look's rings grouped by kind, one group per `CreateTags` value, in the
+/// order they are sent (look now, your turn, told); empty groups left out.
+pub fn by_kind(ring: &[(String, RingKind)]) -> Vec<(RingKind, Vec<String>)> {
+    [RingKind::Now, RingKind::Turn, RingKind::Told]
+        .into_iter()
+        .map(|kind| {
+            let ids = ring
+                .iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>();
+            (kind, ids)
+        })
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect()
+}
+
 /// The kind of an agent's `berth:nudge` value (`None`: not an agent's).
 pub fn ring_kind(value: &str) -> Option<RingKind> {
     mark_of(value)?;

@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 use berth::backoff::{AWS_CALL, DESIRED_STATE, JITTER_FRACTION};
 use berth::rollout::{
     AlarmCheck, Decision, ImageCheck, MaxUnavailable, MemberView, Observation, Policy, Prompt,
-    Ring, RingKind, Snapshot, Watch, change_mark, nudge_value, on_ring, unavailable,
+    Ring, RingKind, Snapshot, Watch, by_kind, change_mark, nudge_value, on_ring, unavailable,
 };
 
 /// From launch to ready.
@@ -415,12 +415,7 @@ impl Sim {
     }
 
     fn ring(&mut self, from: usize, ring: Vec<(String, RingKind)>) {
-        for kind in [RingKind::Now, RingKind::Turn, RingKind::Told] {
-            let ids: Vec<String> = ring
-                .iter()
-                .filter(|(_, k)| *k == kind)
-                .map(|(id, _)| id.clone())
-                .collect();
+        for (kind, ids) in by_kind(&ring) {
             self.ring_kind(from, kind, ids);
         }
     }

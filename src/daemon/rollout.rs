@@ -273,15 +273,7 @@ impl<G: GroupApi, R: ContainerRuntime> Driver<G, R> {
     /// members, with the change's `mark` ([`rollout::nudge_value`]). A
     /// nudge is a hint, so a failure is logged and otherwise ignored.
     async fn ring(&self, mark: &str, ring: Vec<(String, RingKind)>) {
-        for kind in [RingKind::Now, RingKind::Turn, RingKind::Told] {
-            let ids: Vec<String> = ring
-                .iter()
-                .filter(|(_, k)| *k == kind)
-                .map(|(id, _)| id.clone())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
+        for (kind, ids) in rollout::by_kind(&ring) {
             let value = rollout::nudge_value(
                 mark,
                 kind,
